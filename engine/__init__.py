@@ -1,0 +1,1 @@
+"""The HSSCL matching engine: plain numpy/torch/GDAL, no Qt or QGIS."""

@@ -1,0 +1,1 @@
+"""Geometric models between the reference and target pixel grids, and their robust fitting."""
