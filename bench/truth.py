@@ -1,0 +1,202 @@
+"""Ground truth that does not trust the tools: a raster of true coordinates.
+
+Conventions (as the engine's): pixel coordinates are (x = column, y = row), (0, 0) = top-left corner of the
+top-left pixel, a pixel centre is at (i + 0.5, j + 0.5). All 3x3 matrices act on homogeneous column vectors
+``[x, y, 1]``.
+
+``M`` (the case's true mapping) maps a TARGET pixel position to the REFERENCE pixel position that shows the
+same ground. The truth raster lives on the target grid; its two float32 bands hold ``M(p)`` at each target
+pixel centre ``p``. A tool's correction is applied to the truth raster exactly as to the target image, so
+it lands on the reference grid; at reference pixel ``q`` a perfect correction gives back ``q`` itself. The
+error at ``q`` is ``|warped(q) - q|`` and the RMSE is taken over the pixels of the overlap where the warp
+has a value.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+Model = Callable[[np.ndarray], np.ndarray]  # (N, 2) reference pixel positions -> (N, 2) target positions
+
+
+def similarity(width: int, height: int, dx: float, dy: float, rot_deg: float, scale: float) -> np.ndarray:
+    """3x3 similarity about the image centre: rotate by ``rot_deg``, scale, then shift by (dx, dy) px."""
+    cx, cy = width / 2.0, height / 2.0
+    a = np.deg2rad(rot_deg)
+    c, s = scale * np.cos(a), scale * np.sin(a)
+    A = np.array([[c, -s], [s, c]])
+    t = np.array([cx, cy]) - A @ np.array([cx, cy]) + np.array([dx, dy])
+    M = np.eye(3)
+    M[:2, :2] = A
+    M[:2, 2] = t
+    return M
+
+
+def apply_h(H: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """Apply a 3x3 (affine or projective) matrix to (N, 2) points."""
+    xy = np.asarray(xy, dtype=np.float64)
+    v = xy @ H[:2, :2].T + H[:2, 2]
+    w = xy @ H[2, :2] + H[2, 2]
+    return v / w[:, None]
+
+
+def pixel_centres(width: int, height: int) -> np.ndarray:
+    """(H*W, 2) pixel-centre positions, row-major."""
+    xs, ys = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)
+    return np.stack([xs.ravel(), ys.ravel()], axis=1)
+
+
+def truth_array(M: np.ndarray, width: int, height: int) -> np.ndarray:
+    """(2, H, W) float32: the reference (x, y) of every target pixel centre."""
+    return apply_h(M, pixel_centres(width, height)).T.reshape(2, height, width).astype(np.float32)
+
+
+def write_truth(path: str, M: np.ndarray, width: int, height: int,
+                geotransform: tuple | None = None, crs_wkt: str | None = None) -> str:
+    """Write the truth raster (GeoTIFF, 2 bands float32, NaN nodata) on the target grid."""
+    from osgeo import gdal
+
+    arr = truth_array(M, width, height)
+    ds = gdal.GetDriverByName("GTiff").Create(path, width, height, 2, gdal.GDT_Float32,
+                                              options=["COMPRESS=DEFLATE", "PREDICTOR=3", "TILED=YES"])
+    if geotransform is not None:
+        ds.SetGeoTransform(tuple(geotransform))
+    if crs_wkt:
+        ds.SetProjection(crs_wkt)
+    for b in range(2):
+        band = ds.GetRasterBand(b + 1)
+        band.SetNoDataValue(float("nan"))
+        band.SetDescription("true_ref_x" if b == 0 else "true_ref_y")
+        band.WriteArray(arr[b])
+    ds.FlushCache()
+    ds = None
+    return path
+
+
+def read_raster(path: str) -> np.ndarray:
+    """(B, H, W) float32 with nodata as NaN."""
+    from osgeo import gdal
+
+    ds = gdal.Open(path)
+    out = []
+    for b in range(1, ds.RasterCount + 1):
+        band = ds.GetRasterBand(b)
+        a = band.ReadAsArray().astype(np.float32)
+        nd = band.GetNoDataValue()
+        if nd is not None and not np.isnan(nd):
+            a[a == nd] = np.nan
+        out.append(a)
+    return np.stack(out)
+
+
+def warp_with_model(truth: np.ndarray, model: Model, ref_width: int, ref_height: int) -> np.ndarray:
+    """Resample a (B, h, w) target-grid raster onto the reference grid through ``model`` (ref -> target).
+
+    Bilinear (exact for the truth raster, which is affine in the pixel position); positions outside the
+    target raster give NaN. This one function warps the truth for every peer that returns tie points or a
+    model, so all of them are treated alike.
+    """
+    from scipy.ndimage import map_coordinates
+
+    q = pixel_centres(ref_width, ref_height)
+    p = np.asarray(model(q), dtype=np.float64)
+    h, w = truth.shape[1:]
+    ok = np.isfinite(p).all(axis=1) & (p[:, 0] >= 0) & (p[:, 0] <= w) & (p[:, 1] >= 0) & (p[:, 1] <= h)
+    # index space: pixel centre (i + 0.5) is array index i; clamp inside the outer half pixel
+    ix = np.clip(np.where(ok, p[:, 0], 0.5) - 0.5, 0, w - 1)
+    iy = np.clip(np.where(ok, p[:, 1], 0.5) - 0.5, 0, h - 1)
+    out = np.empty((truth.shape[0], ref_height * ref_width), np.float32)
+    for b in range(truth.shape[0]):
+        v = map_coordinates(truth[b].astype(np.float64), [iy, ix], order=1, mode="nearest")
+        v[~ok] = np.nan
+        out[b] = v
+    return out.reshape(truth.shape[0], ref_height, ref_width)
+
+
+def eval_mask(M: np.ndarray, target_valid: np.ndarray, ref_width: int, ref_height: int) -> np.ndarray:
+    """(H, W) bool on the reference grid: the overlap, i.e. pixels the true correction fills with data."""
+    q = pixel_centres(ref_width, ref_height)
+    p = apply_h(np.linalg.inv(M), q)
+    h, w = target_valid.shape
+    ix = np.floor(p[:, 0]).astype(np.int64)
+    iy = np.floor(p[:, 1]).astype(np.int64)
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    ok = np.zeros(len(q), bool)
+    ok[inside] = target_valid[iy[inside], ix[inside]]
+    return ok.reshape(ref_height, ref_width)
+
+
+@dataclass(frozen=True)
+class Score:
+    rmse: float          # px on the reference grid; inf when the tool failed
+    mean_err: float
+    max_err: float
+    coverage: float      # share of the overlap where the corrected truth has a value
+    failed: bool
+    reason: str = ""
+
+
+MIN_COVERAGE = 0.5
+
+
+def score(warped: np.ndarray, mask: np.ndarray) -> Score:
+    """Per-pixel error |warped(q) - q| over the overlap; a tool covering under half of it has failed."""
+    _, h, w = warped.shape
+    q = pixel_centres(w, h).T.reshape(2, h, w)
+    err = np.sqrt(((warped.astype(np.float64) - q) ** 2).sum(axis=0))
+    n = int(mask.sum())
+    valid = mask & np.isfinite(err)
+    cov = float(valid.sum()) / n if n else 0.0
+    if n == 0 or cov < MIN_COVERAGE:
+        return Score(float("inf"), float("inf"), float("inf"), cov, True,
+                     f"corrected raster covers {cov:.0%} of the overlap")
+    e = err[valid]
+    return Score(float(np.sqrt(np.mean(e ** 2))), float(e.mean()), float(e.max()), cov, False)
+
+
+def identity_rmse(M: np.ndarray, mask: np.ndarray) -> float:
+    """Analytic RMSE of doing nothing: at reference pixel q the target shows M(q), so the error is |M(q) - q|."""
+    h, w = mask.shape
+    q = pixel_centres(w, h)
+    e = np.linalg.norm(apply_h(M, q) - q, axis=1).reshape(h, w)[mask]
+    return float(np.sqrt(np.mean(e ** 2)))
+
+
+# ---- models from tie points (shared by all peers) -------------------------------------------------------
+
+def fit_affine(ref_xy: np.ndarray, tgt_xy: np.ndarray) -> np.ndarray:
+    """Least-squares 3x3 affine mapping reference -> target pixel positions."""
+    ref_xy = np.asarray(ref_xy, np.float64)
+    tgt_xy = np.asarray(tgt_xy, np.float64)
+    if len(ref_xy) < 3:
+        raise ValueError(f"{len(ref_xy)} tie points: an affine needs 3")
+    X = np.c_[ref_xy, np.ones(len(ref_xy))]
+    P, *_ = np.linalg.lstsq(X, tgt_xy, rcond=None)
+    H = np.eye(3)
+    H[:2, :] = P.T
+    return H
+
+
+def fit_shift(ref_xy: np.ndarray, tgt_xy: np.ndarray) -> np.ndarray:
+    d = np.median(np.asarray(tgt_xy, np.float64) - np.asarray(ref_xy, np.float64), axis=0)
+    H = np.eye(3)
+    H[:2, 2] = d
+    return H
+
+
+def matrix_model(H: np.ndarray) -> Model:
+    H = np.asarray(H, np.float64)
+    return lambda xy: apply_h(H, xy)
+
+
+def match_quality(M: np.ndarray, ref_xy: np.ndarray, tgt_xy: np.ndarray, tol: float = 3.0) -> tuple[int, float]:
+    """(correct matches, precision) of tie points: correct when M(tgt) lies within ``tol`` px of ref."""
+    ref_xy = np.asarray(ref_xy, np.float64).reshape(-1, 2)
+    tgt_xy = np.asarray(tgt_xy, np.float64).reshape(-1, 2)
+    if len(ref_xy) == 0:
+        return 0, 0.0
+    d = np.linalg.norm(apply_h(M, tgt_xy) - ref_xy, axis=1)
+    n = int((d <= tol).sum())
+    return n, n / len(ref_xy)
