@@ -1,0 +1,320 @@
+"""Apply a :class:`~hsscl.engine.correction.Correction` to a raster with GDAL.
+
+All bands are written with their original data type, nodata, descriptions, colour interpretation and
+metadata, as a tiled, DEFLATE-compressed GeoTIFF, through a temporary file renamed at the end.
+
+How (``grid="reference"`` and nonlinear ``grid="target"``): the model is sampled on a regular grid of
+reference points ``q``; each becomes a GCP with pixel/line ``T(q)`` in the raster and X/Y the position of
+``q`` in the *output pixel grid*. ``gdal.Warp`` runs with ``DST_METHOD=NO_GEOTRANSFORM`` so the GCPs
+map output pixels straight to source pixels: a polynomial GCP transformer of the model's order is exact
+for shift/affine/poly2/poly3 (reprojection aside), a thin-plate spline on a dense grid is used otherwise.
+The output's CRS and geotransform are written afterwards; a pixel-space output claims neither.
+Linear models with ``grid="target"`` need no resampling: the raster is copied with a corrected
+geotransform.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from osgeo import gdal
+
+from .correction import Correction
+from .errors import CancelledError, InputError, OutputError
+from .geometry.transforms import Affine, Polynomial, Shift, Transform
+from .io.output import atomic_path, check_output_file
+from .io.raster import RasterGrid, flip_y, open_dataset, open_raster_info, same_crs, transform_points
+from .progress import Monitor
+
+gdal.UseExceptions()
+
+RESAMPLING = {"near": "near", "nearest": "near", "bilinear": "bilinear", "cubic": "cubic",
+              "cubicspline": "cubicspline", "lanczos": "lanczos", "average": "average", "mode": "mode"}
+CREATION_OPTIONS = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
+GCP_GRID = 12          # GCPs per side for polynomial models (exact anyway)
+TPS_GCP_GRID = 24      # GCPs per side for thin-plate splines and reprojected nonlinear warps
+TPS_ERROR_PX = 0.01    # approximation error allowed by the warper for nonlinear transformers
+
+
+# -------------------------------------------------------------------------------------- geometry
+
+def _as_affine(model: Transform) -> Affine | None:
+    if isinstance(model, Affine):
+        return model
+    if isinstance(model, Shift):
+        return Affine.from_array([[1.0, 0.0, model.t[0]], [0.0, 1.0, model.t[1]]])
+    return None
+
+
+def invert_points(model: Transform, tgt_xy: np.ndarray, ref_grid: RasterGrid, iterations: int = 30) -> np.ndarray:
+    """Reference positions ``q`` with ``model(q) = tgt_xy`` (Newton iterations from an affine guess)."""
+    p = np.asarray(tgt_xy, dtype=np.float64).reshape(-1, 2)
+    aff = _as_affine(model)
+    if aff is not None:
+        return aff.inverse()(p)
+    u, v = np.meshgrid(np.linspace(0, ref_grid.width, 9), np.linspace(0, ref_grid.height, 9))
+    s = np.stack([u.ravel(), v.ravel()], 1)
+    q = Affine.fit(s, model(s)).inverse()(p)
+    for _ in range(iterations):
+        la = model.local_affine(q)
+        r = model(q) - p
+        step = np.linalg.solve(la[:, :, :2], r[:, :, None])[:, :, 0]
+        q = q - step
+        if np.nanmax(np.abs(step), initial=0.0) < 1e-6:
+            break
+    return q
+
+
+def _corrected_map(correction: Correction, tgt_xy: np.ndarray) -> np.ndarray:
+    """Target pixels -> their corrected position: in the target CRS, or (x, -y) reference pixels."""
+    ref, tgt = correction.reference, correction.target
+    m = ref.pixel_to_map(invert_points(correction.model, tgt_xy, ref))
+    if ref.georeferenced and tgt.georeferenced:
+        return transform_points(m, ref.crs_wkt, tgt.crs_wkt)  # type: ignore[arg-type]
+    return m * [1.0, -1.0]
+
+
+def corrected_target_transform(correction: Correction) -> tuple[float, ...]:
+    """Geotransform giving the target's own pixels their corrected position (linear models).
+
+    In the target CRS; for pixel-space corrections it maps to (x, -y) in reference pixels (as QGIS
+    shows rasters without georeferencing). Reprojection makes it a least-squares affine fit.
+    """
+    t = correction.target
+    u, v = np.meshgrid(np.linspace(0, t.width, 11), np.linspace(0, t.height, 11))
+    p = np.stack([u.ravel(), v.ravel()], 1)
+    a = Affine.fit(p, _corrected_map(correction, p)).A
+    return (a[0, 2], a[0, 0], a[0, 1], a[1, 2], a[1, 0], a[1, 1])
+
+
+def corrected_target_grid(correction: Correction) -> RasterGrid:
+    """North-up grid of the target's resolution (and CRS) covering the corrected target footprint.
+
+    For pixel-space corrections it is expressed in reference pixels (y down, like the reference grid).
+    """
+    t = correction.target
+    n = 64
+    s = np.linspace(0.0, 1.0, n)
+    border = np.concatenate([np.stack([s * t.width, 0 * s], 1), np.stack([s * t.width, 0 * s + t.height], 1),
+                             np.stack([0 * s, s * t.height], 1), np.stack([0 * s + t.width, s * t.height], 1)])
+    m = _corrected_map(correction, border)
+    m = m[np.isfinite(m).all(axis=1)]
+    geo = t.georeferenced
+    rx, ry = t.resolution if geo else (1.0, 1.0)
+    x0, y0 = t.transform[0], t.transform[3]
+    xmin = x0 + math.floor((m[:, 0].min() - x0) / rx + 1e-9) * rx
+    xmax = x0 + math.ceil((m[:, 0].max() - x0) / rx - 1e-9) * rx
+    ymax = y0 + math.ceil((m[:, 1].max() - y0) / ry - 1e-9) * ry
+    ymin = y0 + math.floor((m[:, 1].min() - y0) / ry + 1e-9) * ry
+    w, h = int(round((xmax - xmin) / rx)), int(round((ymax - ymin) / ry))
+    if geo:
+        return RasterGrid(w, h, (xmin, rx, 0.0, ymax, 0.0, -ry), t.crs_wkt)
+    return RasterGrid(w, h, (xmin, 1.0, 0.0, -ymax, 0.0, 1.0), None)
+
+
+def make_gcps(correction: Correction, out: RasterGrid, n: int, margin: float = 0.1) -> list[gdal.GCP]:
+    """GCPs: pixel/line in the raster = model(q), X/Y = position of ``q`` in ``out``'s pixel grid."""
+    ref, model = correction.reference, correction.model
+    if correction.grid == "reference":
+        lo, hi = np.zeros(2), np.array([ref.width, ref.height], dtype=float)
+    else:  # footprint of the output grid in reference pixels
+        corners = out.corners()
+        s = np.linspace(0, 1, 16)[:, None]
+        edge = np.concatenate([c0 + s * (c1 - c0) for c0, c1 in zip(corners, np.roll(corners, -1, 0))])
+        m = out.pixel_to_map(edge)
+        if ref.georeferenced:
+            q = ref.map_to_pixel(transform_points(m, out.crs_wkt, ref.crs_wkt))  # type: ignore[arg-type]
+        else:
+            q = m
+        q = q[np.isfinite(q).all(axis=1)]
+        lo, hi = q.min(0), q.max(0)
+    pad = margin * (hi - lo) + 1.0
+    u, v = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], n),
+                       np.linspace(lo[1] - pad[1], hi[1] + pad[1], n))
+    q = np.stack([u.ravel(), v.ravel()], 1)
+    src = model(q)
+    m = ref.pixel_to_map(q)
+    if ref.georeferenced and not same_crs(ref.crs_wkt, out.crs_wkt):
+        m = transform_points(m, ref.crs_wkt, out.crs_wkt)  # type: ignore[arg-type]
+    dst = out.map_to_pixel(m)
+    ok = np.isfinite(dst).all(axis=1) & np.isfinite(src).all(axis=1)
+    return [gdal.GCP(float(d[0]), float(d[1]), 0.0, float(s_[0]), float(s_[1]))
+            for s_, d in zip(src[ok], dst[ok])]
+
+
+def _transformer(correction: Correction, out: RasterGrid) -> tuple[list[str], int, float]:
+    """(transformer options, GCP grid size, error threshold) for warping with the model."""
+    model = correction.model
+    exact = correction.grid == "reference" or same_crs(correction.reference.crs_wkt, out.crs_wkt)
+    if exact and _as_affine(model) is not None:
+        return ["SRC_METHOD=GCP_POLYNOMIAL", "MAX_GCP_ORDER=1", "DST_METHOD=NO_GEOTRANSFORM"], GCP_GRID, 0.0
+    if exact and isinstance(model, Polynomial):
+        return (["SRC_METHOD=GCP_POLYNOMIAL", f"MAX_GCP_ORDER={model.order}", "DST_METHOD=NO_GEOTRANSFORM"],
+                GCP_GRID, TPS_ERROR_PX)
+    return ["SRC_METHOD=GCP_TPS", "DST_METHOD=NO_GEOTRANSFORM"], TPS_GCP_GRID, TPS_ERROR_PX
+
+
+def _kernel_options(correction: Correction, out: RasterGrid) -> list[str]:
+    """Plain (unwidened) kernels unless the output is clearly coarser than the source.
+
+    GDAL widens the resampling kernel by the downsampling factor (anti-aliasing). For the near-unity
+    scales of a co-registration this only blurs, so the kernel is kept as is below a factor 1.25.
+    """
+    ref = correction.reference
+    if correction.grid == "target" and ref.georeferenced:
+        return ["XSCALE=1", "YSCALE=1"]  # output pixels have the target's own size
+    # output pixels are reference pixels (pixel-space "target" grids use reference pixels too)
+    centre = np.array([[out.width / 2.0, out.height / 2.0]])
+    q = centre if correction.grid == "reference" else out.pixel_to_map(centre)
+    j = correction.model.local_affine(q)[0, :, :2]
+    factor = math.sqrt(abs(float(np.linalg.det(j))))
+    return ["XSCALE=1", "YSCALE=1"] if factor < 1.25 else []
+
+
+# ------------------------------------------------------------------------------------------ output
+
+def _output_nodata(ds: gdal.Dataset) -> list[float]:
+    """Source nodata per band, or a chosen one: NaN for float bands, 0 otherwise."""
+    out = []
+    for i in range(ds.RasterCount):
+        band = ds.GetRasterBand(i + 1)
+        nd = band.GetNoDataValue()
+        if nd is None:
+            is_float = band.DataType in (gdal.GDT_Float32, gdal.GDT_Float64)
+            nd = float("nan") if is_float else 0.0
+        out.append(nd)
+    return out
+
+
+def _creation_options(dtype: int) -> list[str]:
+    opts = list(CREATION_OPTIONS)
+    if dtype in (gdal.GDT_Float32, gdal.GDT_Float64):
+        opts.append("PREDICTOR=3")
+    elif dtype not in (gdal.GDT_CInt16, gdal.GDT_CInt32, gdal.GDT_CFloat32, gdal.GDT_CFloat64):
+        opts.append("PREDICTOR=2")
+    return opts
+
+
+def _copy_band_info(src: gdal.Dataset, dst: gdal.Dataset) -> None:
+    dst.SetMetadata(src.GetMetadata())
+    for i in range(src.RasterCount):
+        s, d = src.GetRasterBand(i + 1), dst.GetRasterBand(i + 1)
+        d.SetDescription(s.GetDescription())
+        d.SetColorInterpretation(s.GetColorInterpretation())
+        if s.GetColorTable() is not None:
+            d.SetColorTable(s.GetColorTable())
+        if s.GetMetadata():
+            d.SetMetadata(s.GetMetadata())
+        if s.GetScale() not in (None, 1.0) or s.GetOffset() not in (None, 0.0):
+            d.SetScale(s.GetScale() or 1.0)
+            d.SetOffset(s.GetOffset() or 0.0)
+        if s.GetUnitType():
+            d.SetUnitType(s.GetUnitType())
+
+
+def _callback(monitor: Monitor, state: dict):
+    def cb(fraction: float, message: str, data: object) -> int:
+        try:
+            monitor.report(fraction, "Writing the corrected raster")
+        except CancelledError as exc:
+            state["cancelled"] = exc
+            return 0
+        return 1
+    return cb
+
+
+def _warp(correction: Correction, ds: gdal.Dataset, out: RasterGrid, tmp: str, resampling: str,
+          monitor: Monitor) -> None:
+    options, n, err = _transformer(correction, out)
+    gcps = make_gcps(correction, out, n)
+    src = gdal.Translate("", ds, format="VRT")
+    src.SetGCPs(gcps, "")
+    alpha = ds.GetRasterBand(ds.RasterCount).GetColorInterpretation() == gdal.GCI_AlphaBand and ds.RasterCount > 1
+    if any(ds.GetRasterBand(i + 1).GetColorTable() is not None for i in range(ds.RasterCount)):
+        resampling = "near"  # palette indices must not be interpolated
+    dtype = ds.GetRasterBand(1).DataType
+    for i in range(1, ds.RasterCount):
+        dtype = gdal.DataTypeUnion(dtype, ds.GetRasterBand(i + 1).DataType)
+    dst = gdal.GetDriverByName("GTiff").Create(tmp, out.width, out.height, ds.RasterCount, dtype,
+                                               _creation_options(dtype))
+    nodata = _output_nodata(ds)
+    if not alpha:
+        for i, nd in enumerate(nodata):
+            dst.GetRasterBand(i + 1).SetNoDataValue(nd)
+    state: dict = {}
+    kw = {"srcAlpha": True, "dstAlpha": True} if alpha else {"dstNodata": " ".join(repr(v) for v in nodata)}
+    try:
+        gdal.Warp(dst, src, resampleAlg=resampling, transformerOptions=options, errorThreshold=err,
+                  warpOptions=["INIT_DEST=NO_DATA" if not alpha else "INIT_DEST=0", "UNIFIED_SRC_NODATA=NO",
+                               "NUM_THREADS=ALL_CPUS", "OPTIMIZE_SIZE=TRUE", *_kernel_options(correction, out)],
+                  callback=_callback(monitor, state), **kw)
+    except RuntimeError:
+        if "cancelled" in state:
+            raise state["cancelled"] from None
+        raise
+    if "cancelled" in state:
+        raise state["cancelled"]
+    if out.georeferenced:
+        dst.SetProjection(out.crs_wkt)
+        dst.SetGeoTransform(out.transform)
+    elif correction.grid == "target":
+        dst.SetGeoTransform(flip_y(out.transform))  # place it over the reference as QGIS shows it
+    _copy_band_info(ds, dst)
+    dst.FlushCache()
+    dst = None
+
+
+def _regeoreference(correction: Correction, ds: gdal.Dataset, tmp: str, monitor: Monitor) -> None:
+    vrt = gdal.Translate("", ds, format="VRT")
+    vrt.SetGeoTransform(corrected_target_transform(correction))
+    vrt.SetProjection(correction.target.crs_wkt or "")
+    state: dict = {}
+    dtype = ds.GetRasterBand(1).DataType
+    try:
+        gdal.Translate(tmp, vrt, format="GTiff", creationOptions=_creation_options(dtype),
+                       callback=_callback(monitor, state))
+    except RuntimeError:
+        if "cancelled" in state:
+            raise state["cancelled"] from None
+        raise
+    if "cancelled" in state:
+        raise state["cancelled"]
+
+
+def apply_correction(correction: Correction, raster_path: str | os.PathLike, out_path: str | os.PathLike,
+                     overwrite: bool = False, monitor: Monitor | None = None,
+                     resampling: str = "bilinear") -> str:
+    """Write ``raster_path`` (on the target's grid) corrected by ``correction`` to ``out_path``.
+
+    ``correction.grid == "reference"``: the output has exactly the reference CRS, geotransform and size.
+    ``"target"``: the target's own resolution and CRS; linear models only change the geotransform.
+    Raises :class:`InputError` if the raster is not on the target's grid, :class:`OutputExistsError` if
+    ``out_path`` exists and not ``overwrite``, :class:`OutputError` if it cannot be written and
+    :class:`CancelledError` if the monitor says so (nothing is left under ``out_path`` then).
+    """
+    monitor = monitor or Monitor()
+    if resampling not in RESAMPLING:
+        raise InputError(f"Unknown resampling '{resampling}'.", f"Use one of: {', '.join(RESAMPLING)}.")
+    info = open_raster_info(raster_path)
+    t = correction.target
+    if (info.width, info.height) != (t.width, t.height):
+        raise InputError(
+            f"'{info.path}' is {info.width}x{info.height} pixels but the correction's target is "
+            f"{t.width}x{t.height}.", "The raster must be on the target's grid (same size and pixels as the "
+            "target that was co-registered); resample it onto the target's grid first.")
+    final = check_output_file(out_path, overwrite)
+    monitor.check()
+    ds = open_dataset(info.path)
+    try:
+        with atomic_path(final) as tmp:
+            if correction.grid == "target" and _as_affine(correction.model) is not None:
+                _regeoreference(correction, ds, tmp, monitor)
+            else:
+                out = correction.reference if correction.grid == "reference" else corrected_target_grid(correction)
+                _warp(correction, ds, out, tmp, RESAMPLING[resampling], monitor)
+            monitor.check()
+    except RuntimeError as exc:
+        raise OutputError(f"Writing '{final}' failed.", "Check the free disk space and the folder permissions.",
+                          str(exc)) from exc
+    return os.fspath(out_path)
