@@ -1,0 +1,1 @@
+"""Processing algorithms of the HSSCL provider: coregister, match, apply."""

@@ -1,0 +1,118 @@
+"""``hsscl:apply``: re-fit the correction from a (possibly edited) tie point layer and warp any raster on the
+target's grid with it."""
+from __future__ import annotations
+
+from typing import Any
+
+from qgis.core import (
+    QgsFeatureRequest,
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterEnum,
+    QgsProcessingParameterFeatureSource,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterRasterLayer,
+    QgsVectorFileWriter,
+)
+
+from .base import TRANSFORMS, HSSCLAlgorithm, _help, _labels
+from .coregister import _number
+from .outputs import deliver_raster
+
+REQUIRED_FIELDS = ("ref_x", "ref_y", "tgt_x", "tgt_y")
+
+
+class ApplyAlgorithm(HSSCLAlgorithm):
+    TIEPOINTS = "TIEPOINTS"
+    RASTER = "RASTER"
+    OUTPUT = "OUTPUT"
+    RMSE_PX = "RMSE_PX"
+    N_TIEPOINTS = "N_TIEPOINTS"
+
+    _HELP = (
+        "Fits the transform model again to a tie point layer written by <i>HSSCL Co-register</i> or "
+        "<i>Find tie points</i> (after you deleted bad points, or with only the selected points) and warps "
+        "a raster with it.<br><br>"
+        "The raster must be on the target's pixel grid (the target itself, another band of the same scene, "
+        "or a product derived from it). This is how one correction reaches other bands and products."
+    )
+
+    def name(self) -> str:
+        return "apply"
+
+    def displayName(self) -> str:  # noqa: N802
+        return self.tr("Apply tie points to a raster")
+
+    def tags(self) -> list[str]:
+        return ["tie points", "warp", "apply", "correction", "co-registration", "GCP"]
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.addParameter(_help(QgsProcessingParameterFeatureSource(
+            self.TIEPOINTS, self.tr("Tie points"), [QgsProcessing.TypeVectorPoint]),
+            "A tie point layer from HSSCL (fields ref_x, ref_y, tgt_x, tgt_y). Only the selected points are "
+            "used when 'Selected features only' is ticked; deleted points are gone."))
+        self.addParameter(_help(QgsProcessingParameterRasterLayer(
+            self.REFERENCE, self.tr("Reference raster")),
+            "The reference the tie points were found against (defines the output grid when the correction "
+            "is resampled onto the reference)."))
+        self.addParameter(_help(QgsProcessingParameterRasterLayer(
+            self.RASTER, self.tr("Raster to correct (on the target's grid)")),
+            "Any raster with the same pixel grid as the target: the target, other bands, derived products."))
+        self.addParameter(_help(QgsProcessingParameterEnum(
+            self.TRANSFORM, self.tr("Transform model"), _labels(TRANSFORMS), defaultValue=0),
+            "Model fitted to the tie points. Automatic picks the simplest model not beaten on check points."))
+        self.addParameter(_help(QgsProcessingParameterRasterDestination(
+            self.OUTPUT, self.tr("Corrected raster")), "The raster, corrected."))
+        self.addOutput(QgsProcessingOutputNumber(self.RMSE_PX, self.tr("RMSE of the inliers (pixels)")))
+        self.addOutput(QgsProcessingOutputNumber(self.N_TIEPOINTS, self.tr("Number of tie points used")))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.require_dependencies()
+        source = self.parameterAsSource(parameters, self.TIEPOINTS, context)
+        if source is None:
+            raise QgsProcessingException(self.tr("The tie point layer cannot be opened."))
+        names = set(source.fields().names())
+        missing = [f for f in REQUIRED_FIELDS if f not in names]
+        if missing:
+            raise QgsProcessingException(self.tr(
+                f"The tie point layer lacks the field(s) {', '.join(missing)}: use a layer written by "
+                "HSSCL Co-register or Find tie points."))
+        if source.featureCount() == 0:
+            raise QgsProcessingException(self.tr("The tie point layer has no points (or none selected)."))
+        _reference, ref_path = self.raster_path(parameters, self.REFERENCE, context)
+        _raster, raster_path = self.raster_path(parameters, self.RASTER, context)
+        transform = self.enum_value(parameters, self.TRANSFORM, context, TRANSFORMS)
+        out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+
+        from ...engine import pipeline
+
+        with self.work_folder() as folder:
+            ties = self._write_tiepoints(source, f"{folder}/tiepoints.gpkg", context, feedback)
+            with self.engine_errors(feedback):
+                res = pipeline.apply_tiepoints(ties, ref_path, raster_path, f"{folder}/corrected.tif",
+                                               transform=transform, overwrite=True,
+                                               monitor=self.monitor(feedback))
+            if feedback.isCanceled():
+                raise QgsProcessingException(self.tr("Cancelled: no output was written."))
+            produced = res if isinstance(res, str) else getattr(res, "path", f"{folder}/corrected.tif")
+            results: dict[str, Any] = {self.OUTPUT: deliver_raster(str(produced), out_raster)}
+        results[self.RMSE_PX] = _number(getattr(res, "rmse_px", None))
+        results[self.N_TIEPOINTS] = float(source.featureCount())
+        return results
+
+    def _write_tiepoints(self, source, path: str, context, feedback) -> str:
+        """Copy the features of ``source`` (selection and edits included) to a GeoPackage layer 'tiepoints'."""
+        options = QgsVectorFileWriter.SaveVectorOptions()
+        options.driverName = "GPKG"
+        options.layerName = "tiepoints"
+        writer = QgsVectorFileWriter.create(path, source.fields(), source.wkbType(), source.sourceCrs(),
+                                            context.transformContext(), options)
+        if writer.hasError() != QgsVectorFileWriter.NoError:
+            raise QgsProcessingException(f"Could not write the tie points: {writer.errorMessage()}")
+        for feature in source.getFeatures(QgsFeatureRequest()):
+            if feedback.isCanceled():
+                break
+            writer.addFeature(feature)
+        del writer
+        return path

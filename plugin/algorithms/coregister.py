@@ -1,0 +1,156 @@
+"""``hsscl:coregister``: estimate the correction of a target raster against a reference and apply it."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterFileDestination,
+    QgsProcessingParameterRasterDestination,
+    QgsProcessingParameterVectorDestination,
+)
+
+from .base import HSSCLAlgorithm, _help
+from .outputs import deliver_file, deliver_raster, deliver_vector
+
+
+def engine_output(res: Any, folder: str, key: str, filename: str) -> str:
+    """Path of one engine output: from ``res.outputs`` when it names it, else the documented file name."""
+    outputs = getattr(res, "outputs", None) or {}
+    for name in (key, filename, os.path.splitext(filename)[0]):
+        if name in outputs and outputs[name]:
+            return str(outputs[name])
+    return os.path.join(folder, filename)
+
+
+def sidecar(path: str, suffix: str) -> str:
+    """``/a/b/out.tif`` + ``.report.json`` -> ``/a/b/out.report.json``."""
+    return os.path.splitext(path)[0] + suffix
+
+
+class CoregisterAlgorithm(HSSCLAlgorithm):
+    OUTPUT = "OUTPUT"
+    TIEPOINTS = "TIEPOINTS"
+    MATCHES = "MATCHES"
+    REPORT = "REPORT"
+    REPORT_JSON = "REPORT_JSON"
+    CORRECTION = "CORRECTION"
+    RMSE_PX = "RMSE_PX"
+    N_TIEPOINTS = "N_TIEPOINTS"
+    N_INLIERS = "N_INLIERS"
+
+    _HELP = (
+        "Co-registers a target raster to a reference raster of another modality (SAR, optical, "
+        "multispectral): finds tie points with modality-independent descriptors, fits a geometric model "
+        "robustly, and resamples all bands of the target.<br><br>"
+        "<b>Outputs</b>: the co-registered raster, the tie points (coloured by residual when loaded from "
+        "the HSSCL panel), the match lines between reference and target positions, and a report (HTML with "
+        "figures and a before/after view, plus JSON). A <i>.correction.json</i> file next to the raster "
+        "keeps the fitted model.<br><br>"
+        "To correct other bands or derived products with the same tie points (possibly edited), use "
+        "<i>Apply tie points to a raster</i>."
+    )
+
+    def name(self) -> str:
+        return "coregister"
+
+    def displayName(self) -> str:  # noqa: N802
+        return self.tr("HSSCL Co-register")
+
+    def tags(self) -> list[str]:
+        return ["co-registration", "coregistration", "registration", "SAR", "optical", "multimodal",
+                "tie points", "georeferencing", "alignment", "Sentinel-1", "Sentinel-2"]
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.add_pair_parameters()
+        self.add_transform_parameter()
+        self.add_grid_parameter()
+        self.add_matching_parameters()
+        self.addParameter(_help(QgsProcessingParameterRasterDestination(
+            self.OUTPUT, self.tr("Co-registered raster")),
+            "The target, corrected, with all its bands (GeoTIFF unless another extension is chosen)."))
+        self.addParameter(_help(QgsProcessingParameterVectorDestination(
+            self.TIEPOINTS, self.tr("Tie points"), QgsProcessing.TypeVectorPoint),
+            "Points at the reference position with fields ref_x, ref_y, tgt_x, tgt_y (pixels), score, "
+            "residual_px, inlier and check. Edit it and use 'Apply tie points to a raster' to re-warp."))
+        self.addParameter(_help(QgsProcessingParameterVectorDestination(
+            self.MATCHES, self.tr("Match lines"), QgsProcessing.TypeVectorLine, optional=True,
+            createByDefault=True),
+            "Lines from each tie point's reference position to its target position."))
+        self.addParameter(_help(QgsProcessingParameterFileDestination(
+            self.REPORT, self.tr("Report (HTML)"), self.tr("HTML files (*.html)"), optional=True,
+            createByDefault=True),
+            "Summary, residual figures and a before/after view. A JSON report is written next to it."))
+        self.addOutput(QgsProcessingOutputFile(self.REPORT_JSON, self.tr("Report (JSON)")))
+        self.addOutput(QgsProcessingOutputFile(self.CORRECTION, self.tr("Correction (JSON)")))
+        self.addOutput(QgsProcessingOutputNumber(self.RMSE_PX, self.tr("RMSE of the inliers (pixels)")))
+        self.addOutput(QgsProcessingOutputNumber(self.N_TIEPOINTS, self.tr("Number of tie points")))
+        self.addOutput(QgsProcessingOutputNumber(self.N_INLIERS, self.tr("Number of inliers")))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.require_dependencies()
+        reference, ref_path = self.raster_path(parameters, self.REFERENCE, context)
+        _target, tgt_path = self.raster_path(parameters, self.TARGET, context)
+        config = self.build_config(parameters, context, reference)
+        out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
+        out_ties = self.parameterAsOutputLayer(parameters, self.TIEPOINTS, context)
+        out_matches = self.parameterAsOutputLayer(parameters, self.MATCHES, context) \
+            if parameters.get(self.MATCHES) is not None else ""
+        out_report = self.parameterAsFileOutput(parameters, self.REPORT, context) \
+            if parameters.get(self.REPORT) is not None else ""
+
+        from ...engine import pipeline
+
+        with self.work_folder() as folder:
+            with self.engine_errors(feedback):
+                res = pipeline.coregister(ref_path, tgt_path, folder, config, self.monitor(feedback))
+            if feedback.isCanceled():
+                raise QgsProcessingException(self.tr("Cancelled: no output was written."))
+            coregistered = engine_output(res, folder, "coregistered", "coregistered.tif")
+            ties = engine_output(res, folder, "tiepoints", "tiepoints.gpkg")
+            report_json = engine_output(res, folder, "report", "report.json")
+            correction = engine_output(res, folder, "correction", "correction.json")
+            report = dict(getattr(res, "report", None) or {})
+            if not report and os.path.isfile(report_json):
+                with open(report_json, encoding="utf-8") as f:
+                    report = json.load(f)
+
+            results: dict[str, Any] = {}
+            if out_report:
+                from ..report_html import write_report_html
+
+                feedback.setProgressText(self.tr("Writing the HTML report…"))
+                try:
+                    write_report_html(out_report, report, ties, ref_path, tgt_path, coregistered,
+                                      title=f"{os.path.basename(tgt_path)} → {os.path.basename(ref_path)}")
+                except Exception as err:  # the figures are a convenience; never lose the run for them
+                    feedback.reportError(f"The HTML report could not be completed: {err}", False)
+                results[self.REPORT] = out_report
+            results[self.OUTPUT] = deliver_raster(coregistered, out_raster)
+            results[self.TIEPOINTS] = deliver_vector(ties, "tiepoints", out_ties)
+            if out_matches:
+                results[self.MATCHES] = deliver_vector(ties, "matches", out_matches)
+            json_dest = sidecar(out_report, ".json") if out_report else sidecar(out_raster, ".report.json")
+            results[self.REPORT_JSON] = deliver_file(report_json, json_dest) if os.path.isfile(report_json) else ""
+            results[self.CORRECTION] = deliver_file(correction, sidecar(out_raster, ".correction.json")) \
+                if os.path.isfile(correction) else ""
+
+        results[self.RMSE_PX] = _number(getattr(res, "rmse_px", None))
+        results[self.N_TIEPOINTS] = _number(getattr(res, "n_tiepoints", None))
+        results[self.N_INLIERS] = _number(getattr(res, "n_inliers", None))
+        feedback.pushInfo(self.tr(
+            f"RMSE {results[self.RMSE_PX]:.3f} px on {results[self.N_INLIERS]:.0f} inliers of "
+            f"{results[self.N_TIEPOINTS]:.0f} tie points."))
+        return results
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value) if value is not None else float("nan")
+    except (TypeError, ValueError):
+        return float("nan")

@@ -1,0 +1,93 @@
+"""``hsscl:match``: tie points only (no resampling)."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from qgis.core import (
+    QgsProcessing,
+    QgsProcessingException,
+    QgsProcessingOutputFile,
+    QgsProcessingOutputNumber,
+    QgsProcessingParameterVectorDestination,
+)
+
+from .base import HSSCLAlgorithm, _help
+from .coregister import _number, engine_output, sidecar
+from .outputs import deliver_file, deliver_vector
+
+
+class MatchAlgorithm(HSSCLAlgorithm):
+    TIEPOINTS = "TIEPOINTS"
+    MATCHES = "MATCHES"
+    CORRECTION = "CORRECTION"
+    N_TIEPOINTS = "N_TIEPOINTS"
+    N_INLIERS = "N_INLIERS"
+    RMSE_PX = "RMSE_PX"
+
+    _group_name = "Tie points"
+    _group_id = "tiepoints"
+
+    _HELP = (
+        "Finds tie points between a reference and a target raster of any modality, without resampling "
+        "anything. The tie points are filtered with the chosen transform model: the 'inlier' field tells "
+        "which ones agree with it, 'residual_px' how far each is from it.<br><br>"
+        "Review them on the map, delete or deselect bad ones, then run <i>Apply tie points to a raster</i>."
+    )
+
+    def name(self) -> str:
+        return "match"
+
+    def displayName(self) -> str:  # noqa: N802
+        return self.tr("Find tie points")
+
+    def tags(self) -> list[str]:
+        return ["tie points", "matching", "GCP", "control points", "SAR", "optical", "multimodal"]
+
+    def initAlgorithm(self, config=None):  # noqa: N802
+        self.add_pair_parameters()
+        self.add_transform_parameter()
+        self.add_matching_parameters()
+        self.addParameter(_help(QgsProcessingParameterVectorDestination(
+            self.TIEPOINTS, self.tr("Tie points"), QgsProcessing.TypeVectorPoint),
+            "Points at the reference position with fields ref_x, ref_y, tgt_x, tgt_y (pixels), score, "
+            "residual_px, inlier and check."))
+        self.addParameter(_help(QgsProcessingParameterVectorDestination(
+            self.MATCHES, self.tr("Match lines"), QgsProcessing.TypeVectorLine, optional=True,
+            createByDefault=True),
+            "Lines from each tie point's reference position to its target position."))
+        self.addOutput(QgsProcessingOutputFile(self.CORRECTION, self.tr("Correction (JSON)")))
+        self.addOutput(QgsProcessingOutputNumber(self.RMSE_PX, self.tr("RMSE of the inliers (pixels)")))
+        self.addOutput(QgsProcessingOutputNumber(self.N_TIEPOINTS, self.tr("Number of tie points")))
+        self.addOutput(QgsProcessingOutputNumber(self.N_INLIERS, self.tr("Number of inliers")))
+
+    def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
+        self.require_dependencies()
+        reference, ref_path = self.raster_path(parameters, self.REFERENCE, context)
+        _target, tgt_path = self.raster_path(parameters, self.TARGET, context)
+        config = self.build_config(parameters, context, reference, with_grid=False)
+        out_ties = self.parameterAsOutputLayer(parameters, self.TIEPOINTS, context)
+        out_matches = self.parameterAsOutputLayer(parameters, self.MATCHES, context) \
+            if parameters.get(self.MATCHES) is not None else ""
+
+        from ...engine import pipeline
+
+        results: dict[str, Any] = {}
+        with self.work_folder() as folder:
+            with self.engine_errors(feedback):
+                estimate = pipeline.match(ref_path, tgt_path, config, self.monitor(feedback))
+                written = pipeline.write_match_outputs(estimate, folder)
+            if feedback.isCanceled():
+                raise QgsProcessingException(self.tr("Cancelled: no output was written."))
+            ties = engine_output(written, folder, "tiepoints", "tiepoints.gpkg")
+            correction = engine_output(written, folder, "correction", "correction.json")
+            results[self.TIEPOINTS] = deliver_vector(ties, "tiepoints", out_ties)
+            if out_matches:
+                results[self.MATCHES] = deliver_vector(ties, "matches", out_matches)
+            results[self.CORRECTION] = deliver_file(correction, sidecar(out_ties, ".correction.json")) \
+                if os.path.isfile(correction) else ""
+        report = dict(getattr(estimate, "report", None) or {})
+        results[self.RMSE_PX] = _number(getattr(estimate, "rmse_px", report.get("rmse_px")))
+        results[self.N_TIEPOINTS] = _number(getattr(estimate, "n_tiepoints", report.get("n_tiepoints")))
+        results[self.N_INLIERS] = _number(getattr(estimate, "n_inliers", report.get("n_inliers")))
+        return results

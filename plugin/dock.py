@@ -1,0 +1,358 @@
+"""The "HSSCL Co-register" dock: builds the parameters of ``hsscl:coregister`` / ``hsscl:apply`` and runs
+them in the background with :class:`QgsProcessingAlgRunnerTask`. It never computes anything itself."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsMapLayerProxyModel,
+    QgsProcessing,
+    QgsProcessingAlgRunnerTask,
+    QgsProcessingContext,
+    QgsProcessingFeatureSourceDefinition,
+    QgsProcessingFeedback,
+    QgsProject,
+    QgsRectangle,
+)
+from qgis.gui import QgsDockWidget, QgsFileWidget
+from qgis.PyQt import uic
+from qgis.PyQt.QtCore import pyqtSignal, pyqtSlot
+from qgis.PyQt.QtWidgets import QApplication
+
+from . import deps
+from .algorithms.base import DEVICES, GRIDS, TRANSFORMS
+from .hints import hint_text
+from .layers import add_raster, add_results
+from .settings import PluginSettings
+
+UI_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "ui", "dock.ui")
+FORM_CLASS, _ = uic.loadUiType(UI_FILE)
+TITLE = "HSSCL Co-register"
+
+
+class RecordingFeedback(QgsProcessingFeedback):
+    """Feedback that remembers reported errors (QgsProcessingAlgRunnerTask reports the exception there)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.errors: list[str] = []
+
+    def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802, N803
+        self.errors.append(error)
+        super().reportError(error, fatalError)
+
+
+class HSSCLDock(QgsDockWidget, FORM_CLASS):
+    """Dock widget. ``finished(ok, results)`` is emitted when a background run ends (for tests/scripts)."""
+
+    finished = pyqtSignal(bool, dict)
+
+    def __init__(self, iface, parent=None) -> None:
+        super().__init__(parent)
+        self.setupUi(self)
+        self.iface = iface
+        self.canvas = iface.mapCanvas() if iface is not None else None
+        self.task: QgsProcessingAlgRunnerTask | None = None
+        self.context: QgsProcessingContext | None = None
+        self.feedback: RecordingFeedback | None = None
+        self._run_info: dict[str, Any] = {}
+        self.extent: tuple[QgsRectangle, QgsCoordinateReferenceSystem] | None = None
+        self.extent_tool = None
+        self.last_results: dict = {}
+        self.last_layers: dict = {}
+
+        for combo in (self.referenceCombo, self.targetCombo, self.applyRasterCombo):
+            combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.tiePointsCombo.setFilters(QgsMapLayerProxyModel.PointLayer)
+        self.tiePointsCombo.setAllowEmptyLayer(True)
+        for combo, pairs in ((self.transformCombo, TRANSFORMS), (self.gridCombo, GRIDS),
+                             (self.deviceCombo, DEVICES), (self.defaultDeviceCombo, DEVICES)):
+            for value, label in pairs:
+                combo.addItem(label, value)
+        self.outputFolder.setStorageMode(QgsFileWidget.GetDirectory)
+        self.outputFolder.lineEdit().setPlaceholderText("temporary folder")
+        self.weightsWidget.setFilter("Weights (*.safetensors)")
+        self.weightsWidget.lineEdit().setPlaceholderText("bundled weights")
+        self._load_settings()
+
+        self.referenceCombo.layerChanged.connect(self._update_hints)
+        self.targetCombo.layerChanged.connect(self._update_hints)
+        self.targetCombo.layerChanged.connect(self._default_apply_raster)
+        self.runButton.clicked.connect(self.run)
+        self.cancelButton.clicked.connect(self.cancel)
+        self.applyButton.clicked.connect(self.apply_tiepoints)
+        self.drawExtentButton.toggled.connect(self._draw_extent)
+        self.clearExtentButton.clicked.connect(self.clear_extent)
+        self.copyCommandButton.clicked.connect(self._copy_command)
+        self.defaultDeviceCombo.currentIndexChanged.connect(self._save_settings)
+        self.threadsSpin.valueChanged.connect(self._save_settings)
+        self.weightsWidget.fileChanged.connect(self._save_settings)
+
+        self._default_apply_raster()
+        self._update_hints()
+        self.update_dependency_state()
+
+    # ---- state --------------------------------------------------------------------------------------------
+    def update_dependency_state(self) -> deps.DependencyStatus:
+        """Show what to install when torch & co. are missing, and disable Run/Apply."""
+        status = deps.check()
+        self.dependencies = status
+        self.depsFrame.setVisible(not status.ok)
+        self.depsLabel.setText(status.message)
+        self.depsCommand.setText(status.install_command)
+        self.depsCommand.setVisible(bool(status.install_command))
+        self.copyCommandButton.setVisible(bool(status.install_command))
+        self._set_running(self.is_running())
+        return status
+
+    def is_running(self) -> bool:
+        return self.task is not None
+
+    def _set_running(self, running: bool) -> None:
+        ok = getattr(self, "dependencies", None) is None or self.dependencies.ok
+        self.runButton.setEnabled(ok and not running)
+        self.applyButton.setEnabled(ok and not running)
+        self.cancelButton.setEnabled(running)
+        if not ok:
+            self.runButton.setToolTip("Install the missing Python packages first (see above).")
+        else:
+            self.runButton.setToolTip("Run HSSCL Co-register in the background")
+
+    def _update_hints(self, *_args) -> None:
+        for combo, label in ((self.referenceCombo, self.referenceHint), (self.targetCombo, self.targetHint)):
+            text, tip = hint_text(combo.currentLayer())
+            label.setText(text)
+            label.setToolTip(tip)
+
+    def _default_apply_raster(self, *_args) -> None:
+        if self.targetCombo.currentLayer() is not None:
+            self.applyRasterCombo.setLayer(self.targetCombo.currentLayer())
+
+    def _copy_command(self) -> None:
+        QApplication.clipboard().setText(self.depsCommand.text())
+
+    # ---- settings -----------------------------------------------------------------------------------------
+    def _load_settings(self) -> None:
+        s = PluginSettings.load()
+        for combo in (self.defaultDeviceCombo, self.deviceCombo):
+            combo.setCurrentIndex(max(0, combo.findData(s.device)))
+        self.threadsSpin.setValue(s.threads)
+        self.weightsWidget.setFilePath(s.weights)
+
+    def _save_settings(self, *_args) -> None:
+        PluginSettings(device=self.defaultDeviceCombo.currentData() or "auto",
+                       threads=self.threadsSpin.value(),
+                       weights=self.weightsWidget.filePath() or "").save()
+
+    # ---- extent tool --------------------------------------------------------------------------------------
+    def _draw_extent(self, checked: bool) -> None:
+        if self.canvas is None:
+            return
+        if self.extent_tool is None:
+            from .maptool import MatchExtentTool
+
+            self.extent_tool = MatchExtentTool(self.canvas)
+            self.extent_tool.extentDrawn.connect(self.set_extent)
+            self.extent_tool.deactivated.connect(lambda: self.drawExtentButton.setChecked(False))
+        if checked:
+            self.canvas.setMapTool(self.extent_tool)
+        elif self.canvas.mapTool() is self.extent_tool:
+            self.canvas.unsetMapTool(self.extent_tool)
+
+    @pyqtSlot(QgsRectangle, QgsCoordinateReferenceSystem)
+    def set_extent(self, rect: QgsRectangle, crs: QgsCoordinateReferenceSystem) -> None:
+        self.extent = (QgsRectangle(rect), QgsCoordinateReferenceSystem(crs))
+        unit = f" ({crs.authid()})" if crs.isValid() else ""
+        self.extentLabel.setText(f"{rect.xMinimum():.6g}, {rect.yMinimum():.6g} – "
+                                 f"{rect.xMaximum():.6g}, {rect.yMaximum():.6g}{unit}")
+        if self.extent_tool is not None:
+            self.extent_tool.show_extent(rect)
+        self.drawExtentButton.setChecked(False)
+
+    def clear_extent(self) -> None:
+        self.extent = None
+        self.extentLabel.setText("whole overlap")
+        if self.extent_tool is not None:
+            self.extent_tool.show_extent(None)
+
+    def extent_parameter(self) -> str | None:
+        if self.extent is None:
+            return None
+        rect, crs = self.extent
+        suffix = f" [{crs.authid()}]" if crs.isValid() and crs.authid() else ""
+        return f"{rect.xMinimum()},{rect.xMaximum()},{rect.yMinimum()},{rect.yMaximum()}{suffix}"
+
+    # ---- parameters ---------------------------------------------------------------------------------------
+    def _output(self, name: str) -> str:
+        folder = self.outputFolder.filePath().strip()
+        if not folder:
+            return QgsProcessing.TEMPORARY_OUTPUT
+        os.makedirs(folder, exist_ok=True)
+        return os.path.join(folder, name)
+
+    def coregister_parameters(self) -> dict[str, Any]:
+        reference, target = self.referenceCombo.currentLayer(), self.targetCombo.currentLayer()
+        if reference is None or target is None:
+            raise ValueError("Choose a reference and a target raster.")
+        if reference.id() == target.id():
+            raise ValueError("Reference and target are the same layer.")
+        stem = _safe(target.name())
+        return {
+            "REFERENCE": reference.id(),
+            "TARGET": target.id(),
+            "TRANSFORM": self.transformCombo.currentIndex(),
+            "GRID": self.gridCombo.currentIndex(),
+            "DEVICE": self.deviceCombo.currentIndex(),
+            "ADAPT": self.adaptCheck.isChecked(),
+            "EXTENT": self.extent_parameter(),
+            "THREADS": self.threadsSpin.value(),
+            "WEIGHTS": self.weightsWidget.filePath() or None,
+            "OUTPUT": self._output(f"{stem}_coregistered.tif"),
+            "TIEPOINTS": self._output(f"{stem}_tiepoints.gpkg"),
+            "MATCHES": self._output(f"{stem}_matches.gpkg"),
+            "REPORT": self._output(f"{stem}_report.html"),
+        }
+
+    def apply_parameters(self) -> dict[str, Any]:
+        ties, raster = self.tiePointsCombo.currentLayer(), self.applyRasterCombo.currentLayer()
+        reference = self.referenceCombo.currentLayer()
+        if ties is None or raster is None or reference is None:
+            raise ValueError("Choose a tie point layer, the reference and the raster to correct.")
+        selected = ties.selectedFeatureCount() > 0
+        return {
+            "TIEPOINTS": QgsProcessingFeatureSourceDefinition(ties.id(), selected),
+            "REFERENCE": reference.id(),
+            "RASTER": raster.id(),
+            "TRANSFORM": self.transformCombo.currentIndex(),
+            "OUTPUT": self._output(f"{_safe(raster.name())}_corrected.tif"),
+        }
+
+    # ---- running ------------------------------------------------------------------------------------------
+    def run(self) -> bool:
+        """Start ``hsscl:coregister`` in the background. Returns False when it could not start."""
+        try:
+            params = self.coregister_parameters()
+        except (ValueError, OSError) as err:
+            self._message(str(err), Qgis.MessageLevel.Warning)
+            return False
+        return self._start("hsscl:coregister", params, kind="coregister")
+
+    def apply_tiepoints(self) -> bool:
+        """Start ``hsscl:apply`` with the (edited / selected) tie points in the background."""
+        try:
+            params = self.apply_parameters()
+        except (ValueError, OSError) as err:
+            self._message(str(err), Qgis.MessageLevel.Warning)
+            return False
+        return self._start("hsscl:apply", params, kind="apply")
+
+    def _start(self, alg_id: str, params: dict[str, Any], kind: str) -> bool:
+        if self.is_running() or not self.update_dependency_state().ok:
+            return False
+        alg = QgsApplication.processingRegistry().createAlgorithmById(alg_id)
+        if alg is None:
+            self._message(f"The Processing algorithm {alg_id} is not registered.", Qgis.MessageLevel.Critical)
+            return False
+        self.context = QgsProcessingContext()
+        self.context.setProject(QgsProject.instance())
+        self.feedback = RecordingFeedback()
+        self._run_info = {
+            "kind": kind,
+            "reference": self.referenceCombo.currentLayer(),
+            "target_name": self.targetCombo.currentLayer().name() if self.targetCombo.currentLayer() else "",
+            "raster": self.applyRasterCombo.currentLayer(),
+        }
+        self.task = QgsProcessingAlgRunnerTask(alg, params, self.context, self.feedback)
+        self.task.executed.connect(self._on_executed)
+        self.task.progressChanged.connect(self._on_progress)
+        self.progressBar.setValue(0)
+        self.statusLabel.setText("Co-registering…" if kind == "coregister" else "Applying the tie points…")
+        self._set_running(True)
+        QgsApplication.taskManager().addTask(self.task)
+        return True
+
+    def cancel(self) -> None:
+        if self.task is not None:
+            self.statusLabel.setText("Cancelling…")
+            self.task.cancel()
+
+    @pyqtSlot(float)
+    def _on_progress(self, value: float) -> None:
+        self.progressBar.setValue(int(value))
+
+    @pyqtSlot(bool, dict)
+    def _on_executed(self, ok: bool, results: dict) -> None:
+        feedback, info = self.feedback, self._run_info
+        cancelled = feedback is not None and feedback.isCanceled()
+        self.task = None
+        self._set_running(False)
+        if ok and not cancelled:
+            self.progressBar.setValue(100)
+            self._add_results(info, results)
+        elif cancelled:
+            self.progressBar.setValue(0)
+            self.statusLabel.setText("Cancelled: nothing was written.")
+            self._message("Cancelled: nothing was written.", Qgis.MessageLevel.Info)
+        else:
+            errors = feedback.errors if feedback is not None else []
+            short = errors[-1] if errors else "The run failed."
+            details = feedback.textLog() if feedback is not None else ""
+            self.statusLabel.setText(short)
+            self._message(short, Qgis.MessageLevel.Critical, details)
+        self.finished.emit(bool(ok and not cancelled), dict(results or {}))
+
+    def _add_results(self, info: dict, results: dict) -> None:
+        self.last_results = dict(results)
+        if info["kind"] == "apply":
+            raster = info.get("raster")
+            name = f"{raster.name() if raster else 'raster'} corrected"
+            layer = add_raster(results.get("OUTPUT", ""), name, info.get("reference"))
+            self.last_layers = {"OUTPUT": layer} if layer is not None else {}
+            text = f"Applied {results.get('N_TIEPOINTS', 0):.0f} tie points"
+            rmse = results.get("RMSE_PX")
+            if rmse is not None and rmse == rmse:
+                text += f" (RMSE {rmse:.2f} px)"
+        else:
+            self.last_layers = add_results(results, info.get("reference"), info.get("target_name", ""))
+            if "TIEPOINTS" in self.last_layers:
+                self.tiePointsCombo.setLayer(self.last_layers["TIEPOINTS"])
+            text = (f"RMSE {results.get('RMSE_PX', float('nan')):.2f} px, "
+                    f"{results.get('N_TIEPOINTS', 0):.0f} tie points "
+                    f"({results.get('N_INLIERS', 0):.0f} inliers)")
+        self.statusLabel.setText(text)
+        self._message(text, Qgis.MessageLevel.Success)
+
+    def _message(self, text: str, level, details: str = "") -> None:
+        if self.iface is None:
+            return
+        bar = self.iface.messageBar()
+        if details:
+            bar.pushMessage(TITLE, text, details, level, 0)
+        else:
+            bar.pushMessage(TITLE, text, level, 10 if level != Qgis.MessageLevel.Critical else 0)
+
+    # ---- lifecycle ----------------------------------------------------------------------------------------
+    def cleanup(self) -> None:
+        """Cancel a run, remove the map tool and its rubber band (called by the plugin's unload)."""
+        if self.task is not None:
+            try:
+                self.task.executed.disconnect(self._on_executed)
+                self.task.progressChanged.disconnect(self._on_progress)
+            except TypeError:
+                pass
+            self.task.cancel()
+            self.task.waitForFinished(60000)  # the task uses self.context / self.feedback until it ends
+            self.task = None
+        if self.extent_tool is not None:
+            self.extent_tool.remove()
+            self.extent_tool.deleteLater()
+            self.extent_tool = None
+
+
+def _safe(name: str) -> str:
+    keep = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+    return keep.strip("._") or "raster"

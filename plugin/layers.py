@@ -1,0 +1,75 @@
+"""Add result layers to the project with the bundled styles, placed sensibly in the layer tree."""
+from __future__ import annotations
+
+import os
+
+from qgis.core import QgsMapLayer, QgsProject, QgsRasterLayer, QgsVectorLayer
+
+STYLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "styles")
+
+
+def style_path(name: str) -> str:
+    return os.path.join(STYLES, f"{name}.qml")
+
+
+def _apply_style(layer: QgsMapLayer, name: str) -> None:
+    path = style_path(name)
+    if os.path.isfile(path):
+        layer.loadNamedStyle(path)
+        layer.triggerRepaint()
+
+
+def add_above(layer: QgsMapLayer, anchor: QgsMapLayer | None, project: QgsProject | None = None) -> QgsMapLayer:
+    """Add ``layer`` to the project right above ``anchor`` in the layer tree (on top without anchor)."""
+    project = project or QgsProject.instance()
+    project.addMapLayer(layer, False)
+    root = project.layerTreeRoot()
+    node = root.findLayer(anchor.id()) if anchor is not None else None
+    if node is not None:
+        parent = node.parent()
+        parent.insertLayer(parent.children().index(node), layer)
+    else:
+        root.insertLayer(0, layer)
+    return layer
+
+
+def add_raster(path: str, name: str, anchor: QgsMapLayer | None = None,
+               project: QgsProject | None = None) -> QgsRasterLayer | None:
+    layer = QgsRasterLayer(path, name, "gdal")
+    if not layer.isValid():
+        return None
+    _apply_style(layer, "coregistered")
+    return add_above(layer, anchor, project)
+
+
+def add_vector(path: str, name: str, style: str, layername: str | None = None,
+               project: QgsProject | None = None) -> QgsVectorLayer | None:
+    uri = f"{path}|layername={layername}" if layername and path.lower().endswith(".gpkg") else path
+    layer = QgsVectorLayer(uri, name, "ogr")
+    if not layer.isValid():
+        layer = QgsVectorLayer(path, name, "ogr")
+    if not layer.isValid():
+        return None
+    _apply_style(layer, style)
+    (project or QgsProject.instance()).addMapLayer(layer)
+    return layer
+
+
+def add_results(results: dict, reference: QgsMapLayer | None, target_name: str,
+                project: QgsProject | None = None) -> dict[str, QgsMapLayer]:
+    """Add the outputs of ``hsscl:coregister`` / ``hsscl:match``: the raster right above its reference, the
+    tie points and match lines on top, each with its style."""
+    added: dict[str, QgsMapLayer] = {}
+    if results.get("OUTPUT"):
+        layer = add_raster(results["OUTPUT"], f"{target_name} co-registered", reference, project)
+        if layer is not None:
+            added["OUTPUT"] = layer
+    if results.get("MATCHES"):
+        layer = add_vector(results["MATCHES"], f"{target_name} match lines", "matches", "matches", project)
+        if layer is not None:
+            added["MATCHES"] = layer
+    if results.get("TIEPOINTS"):
+        layer = add_vector(results["TIEPOINTS"], f"{target_name} tie points", "tiepoints", "tiepoints", project)
+        if layer is not None:
+            added["TIEPOINTS"] = layer
+    return added
