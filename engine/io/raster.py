@@ -368,6 +368,19 @@ def _aligned_window(src: RasterGrid, out: RasterGrid) -> Window | None:
     return Window(int(r[0]), int(r[1]), out.width, out.height)
 
 
+def _scale_factor(src: RasterGrid, out: RasterGrid) -> float:
+    """Source pixels per output pixel (area ratio, square-rooted) at the centre of ``out``."""
+    c = np.array([[out.width / 2.0, out.height / 2.0]])
+    p = np.concatenate([c, c + [1.0, 0.0], c + [0.0, 1.0]])
+    if src.georeferenced:
+        q = src.map_to_pixel(transform_points(out.pixel_to_map(p), out.crs_wkt, src.crs_wkt))  # type: ignore[arg-type]
+    else:
+        q = out.pixel_to_map(p)
+    j = np.stack([q[1] - q[0], q[2] - q[0]], axis=1)
+    f = math.sqrt(abs(float(np.linalg.det(j))))
+    return f if math.isfinite(f) else 1.0
+
+
 def _warp_to(ds: gdal.Dataset, src_grid: RasterGrid, blist: list[int], out: RasterGrid,
              complex_: bool) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear resampling of bands ``blist`` onto ``out`` (reprojecting); outside the footprint = NaN."""
@@ -392,8 +405,10 @@ def _warp_to(ds: gdal.Dataset, src_grid: RasterGrid, blist: list[int], out: Rast
     for i in range(len(blist)):
         dst.GetRasterBand(i + 1).SetNoDataValue(float("nan"))
         dst.GetRasterBand(i + 1).Fill(float("nan"))
-    gdal.Warp(dst, src, resampleAlg="bilinear", dstNodata=float("nan"),
-              warpOptions=["UNIFIED_SRC_NODATA=NO", "INIT_DEST=NO_DATA"])
+    # GDAL widens the kernel when downsampling (anti-aliasing); near-unity scales keep plain bilinear
+    kernel = ["XSCALE=1", "YSCALE=1"] if _scale_factor(src_grid, out) < 1.25 else []
+    gdal.Warp(dst, src, resampleAlg="bilinear", dstNodata=float("nan"), errorThreshold=0.01,
+              warpOptions=["UNIFIED_SRC_NODATA=NO", "INIT_DEST=NO_DATA", *kernel])
     data = np.stack([dst.GetRasterBand(i + 1).ReadAsArray() for i in range(len(blist))]).astype(np.float32)
     return data, np.isfinite(data).all(axis=0)
 
