@@ -284,7 +284,7 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):
     def _on_progress(self, value: float) -> None:
         self.progressBar.setValue(int(value))
 
-    @pyqtSlot(bool, dict)
+    @pyqtSlot(bool, "QVariantMap")
     def _on_executed(self, ok: bool, results: dict) -> None:
         feedback, info = self.feedback, self._run_info
         cancelled = feedback is not None and feedback.isCanceled()

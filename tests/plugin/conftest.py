@@ -1,0 +1,115 @@
+"""Test set-up of the plugin tests (pytest-qgis, offscreen, real data).
+
+Run: ``QT_QPA_PLATFORM=offscreen .venv/bin/python -m pytest tests/plugin -q``. pytest-qgis starts QGIS before
+this file is read, so the platform must come from the environment; it is set here too for sub-processes.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+PROCESSING_PLUGINS = "/usr/share/qgis/python/plugins"
+if PROCESSING_PLUGINS not in sys.path:
+    sys.path.append(PROCESSING_PLUGINS)
+
+from qgis.core import QgsApplication, QgsProject, QgsRasterLayer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("HSSCL_DATA", "/work/shared/data"))
+S1S2 = DATA / "gefolki_EvalGeFolki" / "S1S2"
+BEN = DATA / "bigearthnet_example"
+
+
+def _ben_pair(suffix: str) -> tuple[Path, Path] | None:
+    s1 = sorted(BEN.glob(f"BigEarthNet-S1-Example/*_{suffix}/*_VV.tif"))
+    s2 = sorted(BEN.glob(f"BigEarthNet-S2-Example/*_{suffix}/*_B04.tif"))
+    return (s2[0], s1[0]) if s1 and s2 else None
+
+
+@pytest.fixture(scope="session")
+def s1s2_pair() -> tuple[str, str]:
+    """(reference = Sentinel-2 optical, target = Sentinel-1 SAR), 448 x 448, EPSG:32631."""
+    ref, tgt = S1S2 / "S2_patch11.tif", S1S2 / "S1_patch11.tif"
+    if not (ref.is_file() and tgt.is_file()):
+        pytest.skip(f"shared data not found: {S1S2} (set HSSCL_DATA)")
+    return str(ref), str(tgt)
+
+
+@pytest.fixture(scope="session")
+def ben_pairs() -> list[tuple[str, str]]:
+    """Two BigEarthNet pairs (S2 B04 reference, S1 VV target), 120 x 120."""
+    pairs = [p for p in (_ben_pair("87_48"), _ben_pair("4_55")) if p]
+    if len(pairs) < 2:
+        pytest.skip(f"shared data not found: {BEN} (set HSSCL_DATA)")
+    return [(str(a), str(b)) for a, b in pairs]
+
+
+def pipeline_available() -> bool:
+    return importlib.util.find_spec("hsscl.engine.pipeline") is not None
+
+
+@pytest.fixture
+def real_pipeline():
+    if not pipeline_available():
+        pytest.skip("hsscl.engine.pipeline is not in this checkout yet")
+    from hsscl.engine import pipeline
+
+    return pipeline
+
+
+@pytest.fixture
+def fake_pipeline(monkeypatch):
+    """Replace the engine pipeline by tests/plugin/fake_pipeline.py (documented API, instant results)."""
+    from . import fake_pipeline as fake
+
+    import hsscl.engine
+
+    fake.behaviour.fail, fake.behaviour.delay, fake.behaviour.steps = None, 0.0, 5
+    monkeypatch.setitem(sys.modules, "hsscl.engine.pipeline", fake)
+    monkeypatch.setattr(hsscl.engine, "pipeline", fake, raising=False)
+    return fake
+
+
+@pytest.fixture
+def provider(qgis_processing):
+    """The HSSCL provider registered for the test (removed afterwards)."""
+    from hsscl.plugin.provider import HSSCLProvider
+
+    registry = QgsApplication.processingRegistry()
+    existing = registry.providerById("hsscl")
+    if existing is not None:
+        yield existing
+        return
+    prov = HSSCLProvider()
+    assert registry.addProvider(prov)
+    yield prov
+    registry.removeProvider(prov)
+
+
+@pytest.fixture
+def project(qgis_new_project) -> QgsProject:
+    return QgsProject.instance()
+
+
+def add_raster(path: str, name: str) -> QgsRasterLayer:
+    layer = QgsRasterLayer(path, name, "gdal")
+    assert layer.isValid(), path
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+def wait_for(predicate, timeout: float = 300.0) -> bool:
+    """Process Qt events until ``predicate()`` is true (tasks report back through the event loop)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        QgsApplication.processEvents()
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()

@@ -1,0 +1,203 @@
+"""The dock: layers chosen, Run clicked, the background task finishes, results added with their styles;
+dependency-missing state; cancel; extent tool; apply of edited tie points."""
+from __future__ import annotations
+
+import os
+
+import pytest
+from qgis.core import QgsProject, QgsRectangle, QgsCoordinateReferenceSystem, QgsRuleBasedRenderer
+from qgis.PyQt.QtCore import Qt
+from qgis.PyQt.QtTest import QTest
+
+from .conftest import add_raster, wait_for
+
+
+@pytest.fixture
+def dock(qgis_iface, provider, project):
+    from hsscl.plugin.dock import HSSCLDock
+
+    qgis_iface.messageBar().clear_messages()
+    widget = HSSCLDock(qgis_iface)
+    yield widget
+    widget.cleanup()
+    widget.deleteLater()
+
+
+@pytest.fixture
+def pair_layers(s1s2_pair, project):
+    ref, tgt = s1s2_pair
+    return add_raster(ref, "S2 optical"), add_raster(tgt, "S1 SAR")
+
+
+def run_and_wait(dock, button=None, timeout=600):
+    done = []
+    dock.finished.connect(lambda ok, res: done.append((ok, res)))
+    QTest.mouseClick(button or dock.runButton, Qt.MouseButton.LeftButton)
+    assert dock.is_running(), dock.statusLabel.text()
+    assert not dock.runButton.isEnabled() and dock.cancelButton.isEnabled()
+    assert wait_for(lambda: bool(done), timeout), "the background task did not finish"
+    return done[0]
+
+
+def choose(dock, reference, target):
+    dock.referenceCombo.setLayer(reference)
+    dock.targetCombo.setLayer(target)
+
+
+def test_hints_and_choices(dock, pair_layers):
+    reference, target = pair_layers
+    choose(dock, reference, target)
+    assert dock.referenceHint.text() == "optical"
+    assert dock.targetHint.text() == "SAR"
+    assert dock.applyRasterCombo.currentLayer() is target
+    params = dock.coregister_parameters()
+    assert params["REFERENCE"] == reference.id() and params["TARGET"] == target.id()
+    assert params["ADAPT"] is False and params["EXTENT"] is None
+
+
+def _check_results(dock, qgis_iface, reference, ok, results):
+    from hsscl.plugin.layers import style_path
+
+    assert ok, dock.statusLabel.text()
+    layers = dock.last_layers
+    assert set(layers) == {"OUTPUT", "TIEPOINTS", "MATCHES"}
+    for layer in layers.values():
+        assert layer.isValid() and QgsProject.instance().mapLayer(layer.id()) is layer
+    # co-registered raster right above its reference
+    root = QgsProject.instance().layerTreeRoot()
+    order = [n.layerId() for n in root.findLayers()]
+    assert order.index(layers["OUTPUT"].id()) == order.index(reference.id()) - 1
+    # bundled styles
+    assert isinstance(layers["TIEPOINTS"].renderer(), QgsRuleBasedRenderer)
+    assert isinstance(layers["MATCHES"].renderer(), QgsRuleBasedRenderer)
+    assert os.path.isfile(style_path("tiepoints")) and os.path.isfile(style_path("matches"))
+    assert dock.tiePointsCombo.currentLayer() is layers["TIEPOINTS"]
+    success = qgis_iface.messageBar().get_messages(3)  # Qgis.MessageLevel.Success
+    assert any("RMSE" in m and "tie points" in m for m in success), success
+    assert dock.progressBar.value() == 100
+
+
+def test_run_adds_styled_results(dock, pair_layers, fake_pipeline, qgis_iface, tmp_path):
+    reference, target = pair_layers
+    choose(dock, reference, target)
+    dock.outputFolder.setFilePath(str(tmp_path))
+    ok, results = run_and_wait(dock)
+    _check_results(dock, qgis_iface, reference, ok, results)
+    assert os.path.dirname(results["OUTPUT"]) == str(tmp_path)
+
+
+def test_run_real_pipeline(dock, pair_layers, real_pipeline, qgis_iface):
+    """The same through the real engine (temporary outputs)."""
+    reference, target = pair_layers
+    choose(dock, reference, target)
+    ok, results = run_and_wait(dock)
+    _check_results(dock, qgis_iface, reference, ok, results)
+
+
+def test_apply_edited_tiepoints(dock, pair_layers, fake_pipeline, tmp_path):
+    reference, target = pair_layers
+    choose(dock, reference, target)
+    dock.outputFolder.setFilePath(str(tmp_path))
+    ok, _ = run_and_wait(dock)
+    assert ok
+    ties = dock.last_layers["TIEPOINTS"]
+    # delete one bad point and select the others but one
+    ties.startEditing()
+    ties.deleteFeature(next(ties.getFeatures()).id())
+    ids = [f.id() for f in ties.getFeatures()]
+    ties.selectByIds(ids[:-1])
+    assert dock.apply_parameters()["TIEPOINTS"].selectedFeaturesOnly
+    ok, results = run_and_wait(dock, dock.applyButton)
+    assert ok, dock.statusLabel.text()
+    assert results["N_TIEPOINTS"] == len(ids) - 1
+    assert dock.last_layers["OUTPUT"].isValid()
+    ties.rollBack()
+
+
+def test_failure_shows_message_with_details(dock, pair_layers, fake_pipeline, qgis_iface):
+    from hsscl.engine.errors import NoOverlapError
+
+    fake_pipeline.behaviour.fail = NoOverlapError("The reference and the target do not overlap.",
+                                                  "Check the CRS of both rasters.")
+    reference, target = pair_layers
+    choose(dock, reference, target)
+    ok, _ = run_and_wait(dock)
+    assert not ok
+    assert "do not overlap" in dock.statusLabel.text()
+    critical = qgis_iface.messageBar().get_messages(2)
+    assert any("do not overlap" in m for m in critical), critical
+    assert dock.runButton.isEnabled() and not dock.cancelButton.isEnabled()
+
+
+def test_cancel_stops_and_leaves_no_output(dock, pair_layers, fake_pipeline, tmp_path):
+    reference, target = pair_layers
+    choose(dock, reference, target)
+    dock.outputFolder.setFilePath(str(tmp_path))
+    fake_pipeline.behaviour.steps, fake_pipeline.behaviour.delay = 200, 0.05
+    done = []
+    dock.finished.connect(lambda ok, res: done.append(ok))
+    dock.runButton.click()
+    assert wait_for(lambda: dock.progressBar.value() > 0, 60)
+    dock.cancelButton.click()
+    assert wait_for(lambda: bool(done), 60)
+    assert done == [False]
+    assert "Cancelled" in dock.statusLabel.text()
+    assert list(tmp_path.iterdir()) == []
+    assert not dock.last_layers
+
+
+def test_cancel_real_pipeline(dock, pair_layers, real_pipeline, tmp_path):
+    reference, target = pair_layers
+    choose(dock, reference, target)
+    dock.outputFolder.setFilePath(str(tmp_path))
+    done = []
+    dock.finished.connect(lambda ok, res: done.append(ok))
+    dock.runButton.click()
+    dock.cancelButton.click()
+    assert wait_for(lambda: bool(done), 300)
+    assert done == [False] and list(tmp_path.iterdir()) == []
+
+
+def test_dependencies_missing(qgis_iface, provider, project, monkeypatch):
+    from hsscl.plugin import deps
+    from hsscl.plugin.dock import HSSCLDock
+
+    monkeypatch.setattr(deps, "check", lambda: deps.DependencyStatus(("torch", "torch_geometric"),
+                                                                     "/opt/qgis/bin/python3"))
+    dock = HSSCLDock(qgis_iface)
+    try:
+        assert not dock.depsFrame.isHidden()
+        assert "torch" in dock.depsLabel.text()
+        assert dock.depsCommand.text() == '"/opt/qgis/bin/python3" -m pip install torch==2.13.0 torch-geometric'
+        assert not dock.runButton.isEnabled() and not dock.applyButton.isEnabled()
+        assert dock.run() is False
+    finally:
+        dock.cleanup()
+        dock.deleteLater()
+
+
+def test_dependencies_present_hides_message(dock):
+    assert dock.depsFrame.isHidden()
+    assert dock.runButton.isEnabled()
+
+
+def test_extent_tool(dock, pair_layers, qgis_canvas):
+    dock.drawExtentButton.setChecked(True)
+    assert qgis_canvas.mapTool() is dock.extent_tool
+    dock.extent_tool.extentDrawn.emit(QgsRectangle(400500, 5096000, 401500, 5099000),
+                                      QgsCoordinateReferenceSystem("EPSG:32631"))
+    assert not dock.drawExtentButton.isChecked()
+    assert dock.extent_parameter() == "400500.0,401500.0,5096000.0,5099000.0 [EPSG:32631]"
+    assert "EPSG:32631" in dock.extentLabel.text()
+    dock.clear_extent()
+    assert dock.extent_parameter() is None
+
+
+def test_settings_roundtrip(dock):
+    from hsscl.plugin.settings import PluginSettings
+
+    dock.defaultDeviceCombo.setCurrentIndex(dock.defaultDeviceCombo.findData("cpu"))
+    dock.threadsSpin.setValue(4)
+    s = PluginSettings.load()
+    assert s.device == "cpu" and s.threads == 4
+    PluginSettings().save()
