@@ -74,6 +74,7 @@ class HSSCLPlugin:
         if self.action is not None:
             self.iface.removeRasterToolBarIcon(self.action)
             self.iface.removePluginRasterMenu(MENU, self.action)
+            self.action.setParent(None)
             self.action.deleteLater()
             self.action = None
         if self.provider is not None:
