@@ -12,7 +12,8 @@ y = row, (0, 0) = top-left corner), ``score``, ``residual_px`` (real), ``inlier`
 :func:`read_tiepoints_gpkg` returns.
 
 Pixel-space pairs (no CRS): geometries are in reference pixel coordinates as ``(x, -y)`` so that they
-display upright over an image without georeferencing in QGIS; the layers have no CRS.
+display upright over an image without georeferencing in QGIS; the layers have no CRS (GeoPackage
+``srs_id`` -1, "undefined Cartesian SRS").
 """
 from __future__ import annotations
 
@@ -104,6 +105,10 @@ def _fill(ds: ogr.DataSource, t: dict[str, np.ndarray], ref_pos: np.ndarray, tgt
             fl.SetGeometry(g)
         lines.CreateFeature(fl)
     ds.CommitTransaction()
+    if srs is None:  # GeoPackage default (srs_id 0) is "undefined geographic": say "undefined Cartesian"
+        names = ", ".join(f"'{n}'" for n in LAYERS)
+        for table in ("gpkg_geometry_columns", "gpkg_contents"):
+            ds.ExecuteSQL(f"UPDATE {table} SET srs_id = -1 WHERE table_name IN ({names})")
 
 
 def write_tiepoints_gpkg(path: str | os.PathLike, tiepoints: dict[str, np.ndarray], ref_grid: RasterGrid,
