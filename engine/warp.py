@@ -7,7 +7,9 @@ How (``grid="reference"`` and nonlinear ``grid="target"``): the model is sampled
 reference points ``q``; each becomes a GCP with pixel/line ``T(q)`` in the raster and X/Y the position of
 ``q`` in the *output pixel grid*. ``gdal.Warp`` runs with ``DST_METHOD=NO_GEOTRANSFORM`` so the GCPs
 map output pixels straight to source pixels: a polynomial GCP transformer of the model's order is exact
-for shift/affine/poly2/poly3 (reprojection aside), a thin-plate spline on a dense grid is used otherwise.
+for shift/affine/poly2/poly3 (reprojection aside), a thin-plate spline on a dense grid is used otherwise;
+the GCP grid is densified until GDAL's transformer stays within ``GCP_TOLERANCE_PX`` of the model,
+checked half-way between the GCPs (the warper adds at most ``TPS_ERROR_PX`` of approximation).
 The output's CRS and geotransform are written afterwards; a pixel-space output claims neither.
 Linear models with ``grid="target"`` need no resampling: the raster is copied with a corrected
 geotransform.
@@ -33,7 +35,8 @@ RESAMPLING = {"near": "near", "nearest": "near", "bilinear": "bilinear", "cubic"
               "cubicspline": "cubicspline", "lanczos": "lanczos", "average": "average", "mode": "mode"}
 CREATION_OPTIONS = ["TILED=YES", "COMPRESS=DEFLATE", "BIGTIFF=IF_SAFER", "NUM_THREADS=ALL_CPUS"]
 GCP_GRID = 12          # GCPs per side for polynomial models (exact anyway)
-TPS_GCP_GRID = 24      # GCPs per side for thin-plate splines and reprojected nonlinear warps
+TPS_GCP_GRIDS = (24, 36, 48, 64)  # GCPs per side tried for thin-plate splines / reprojected warps
+GCP_TOLERANCE_PX = 0.03  # largest deviation of GDAL's GCP transformer from the model that is accepted
 TPS_ERROR_PX = 0.01    # approximation error allowed by the warper for nonlinear transformers
 
 
@@ -113,46 +116,94 @@ def corrected_target_grid(correction: Correction) -> RasterGrid:
     return RasterGrid(w, h, (xmin, 1.0, 0.0, -ymax, 0.0, 1.0), None)
 
 
-def make_gcps(correction: Correction, out: RasterGrid, n: int, margin: float = 0.1) -> list[gdal.GCP]:
-    """GCPs: pixel/line in the raster = model(q), X/Y = position of ``q`` in ``out``'s pixel grid."""
-    ref, model = correction.reference, correction.model
+def _region(correction: Correction, out: RasterGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Bounding box (lo, hi) in reference pixels of what ``out`` shows."""
+    ref = correction.reference
     if correction.grid == "reference":
-        lo, hi = np.zeros(2), np.array([ref.width, ref.height], dtype=float)
-    else:  # footprint of the output grid in reference pixels
-        corners = out.corners()
-        s = np.linspace(0, 1, 16)[:, None]
-        edge = np.concatenate([c0 + s * (c1 - c0) for c0, c1 in zip(corners, np.roll(corners, -1, 0))])
-        m = out.pixel_to_map(edge)
-        if ref.georeferenced:
-            q = ref.map_to_pixel(transform_points(m, out.crs_wkt, ref.crs_wkt))  # type: ignore[arg-type]
-        else:
-            q = m
-        q = q[np.isfinite(q).all(axis=1)]
-        lo, hi = q.min(0), q.max(0)
-    pad = margin * (hi - lo) + 1.0
-    u, v = np.meshgrid(np.linspace(lo[0] - pad[0], hi[0] + pad[0], n),
-                       np.linspace(lo[1] - pad[1], hi[1] + pad[1], n))
-    q = np.stack([u.ravel(), v.ravel()], 1)
-    src = model(q)
+        return np.zeros(2), np.array([ref.width, ref.height], dtype=float)
+    corners = out.corners()
+    s = np.linspace(0, 1, 16)[:, None]
+    edge = np.concatenate([c0 + s * (c1 - c0) for c0, c1 in zip(corners, np.roll(corners, -1, 0))])
+    m = out.pixel_to_map(edge)
+    q = ref.map_to_pixel(transform_points(m, out.crs_wkt, ref.crs_wkt)) if ref.georeferenced else m  # type: ignore[arg-type]
+    q = q[np.isfinite(q).all(axis=1)]
+    return q.min(0), q.max(0)
+
+
+def _pairs(correction: Correction, out: RasterGrid, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(source pixel = model(q), position of reference pixel q in ``out``'s pixel grid), finite only."""
+    ref = correction.reference
+    src = correction.model(q)
     m = ref.pixel_to_map(q)
     if ref.georeferenced and not same_crs(ref.crs_wkt, out.crs_wkt):
         m = transform_points(m, ref.crs_wkt, out.crs_wkt)  # type: ignore[arg-type]
     dst = out.map_to_pixel(m)
     ok = np.isfinite(dst).all(axis=1) & np.isfinite(src).all(axis=1)
-    return [gdal.GCP(float(d[0]), float(d[1]), 0.0, float(s_[0]), float(s_[1]))
-            for s_, d in zip(src[ok], dst[ok])]
+    return src[ok], dst[ok]
 
 
-def _transformer(correction: Correction, out: RasterGrid) -> tuple[list[str], int, float]:
-    """(transformer options, GCP grid size, error threshold) for warping with the model."""
+def _lattice(lo: np.ndarray, hi: np.ndarray, n: int, margin: float, mid: bool = False) -> np.ndarray:
+    pad = margin * (hi - lo) + 1.0
+    a, b = lo - pad, hi + pad
+    u, v = np.linspace(a[0], b[0], n), np.linspace(a[1], b[1], n)
+    if mid:
+        u, v = 0.5 * (u[1:] + u[:-1]), 0.5 * (v[1:] + v[:-1])
+    uu, vv = np.meshgrid(u, v)
+    return np.stack([uu.ravel(), vv.ravel()], 1)
+
+
+def make_gcps(correction: Correction, out: RasterGrid, n: int, margin: float = 0.1) -> list[gdal.GCP]:
+    """n x n GCPs over the output's footprint (+ ``margin``): pixel/line = model(q), X/Y = q in ``out``."""
+    src, dst = _pairs(correction, out, _lattice(*_region(correction, out), n, margin))
+    return [gdal.GCP(float(d[0]), float(d[1]), 0.0, float(s_[0]), float(s_[1])) for s_, d in zip(src, dst)]
+
+
+def gcp_error(correction: Correction, out: RasterGrid, vrt: gdal.Dataset, options: list[str], n: int,
+              margin: float = 0.1) -> float:
+    """Largest distance (source pixels) between GDAL's GCP transformer and the model, checked half-way
+    between the GCPs inside the output grid."""
+    src, dst = _pairs(correction, out, _lattice(*_region(correction, out), n, margin, mid=True))
+    inside = (dst[:, 0] >= 0) & (dst[:, 0] <= out.width) & (dst[:, 1] >= 0) & (dst[:, 1] <= out.height)
+    src, dst = src[inside], dst[inside]
+    if len(dst) == 0:
+        return 0.0
+    tr = gdal.Transformer(vrt, None, [o for o in options if not o.startswith("DST_")])
+    pts, ok = tr.TransformPoints(True, dst.tolist())
+    got = np.asarray(pts, dtype=np.float64)[:, :2]
+    ok = np.asarray(ok, dtype=bool)
+    if not ok.all():
+        return math.inf
+    return float(np.hypot(*(got - src).T).max())
+
+
+def _transformer(correction: Correction, out: RasterGrid) -> tuple[list[str], list[int], float]:
+    """(transformer options, GCP grid sizes to try, error threshold) for warping with the model."""
     model = correction.model
     exact = correction.grid == "reference" or same_crs(correction.reference.crs_wkt, out.crs_wkt)
     if exact and _as_affine(model) is not None:
-        return ["SRC_METHOD=GCP_POLYNOMIAL", "MAX_GCP_ORDER=1", "DST_METHOD=NO_GEOTRANSFORM"], GCP_GRID, 0.0
+        return ["SRC_METHOD=GCP_POLYNOMIAL", "MAX_GCP_ORDER=1", "DST_METHOD=NO_GEOTRANSFORM"], [GCP_GRID], 0.0
     if exact and isinstance(model, Polynomial):
         return (["SRC_METHOD=GCP_POLYNOMIAL", f"MAX_GCP_ORDER={model.order}", "DST_METHOD=NO_GEOTRANSFORM"],
-                GCP_GRID, TPS_ERROR_PX)
-    return ["SRC_METHOD=GCP_TPS", "DST_METHOD=NO_GEOTRANSFORM"], TPS_GCP_GRID, TPS_ERROR_PX
+                [GCP_GRID], TPS_ERROR_PX)
+    return ["SRC_METHOD=GCP_TPS", "DST_METHOD=NO_GEOTRANSFORM"], list(TPS_GCP_GRIDS), TPS_ERROR_PX
+
+
+def gcp_source(correction: Correction, ds: gdal.Dataset, out: RasterGrid,
+               monitor: Monitor) -> tuple[gdal.Dataset, list[str], float]:
+    """VRT of ``ds`` with GCPs reproducing the model within :data:`GCP_TOLERANCE_PX` (densified as needed).
+
+    Returns (vrt, transformer options, warper error threshold).
+    """
+    options, sizes, err = _transformer(correction, out)
+    vrt = gdal.Translate("", ds, format="VRT")
+    for n in sizes:
+        monitor.check()
+        vrt.SetGCPs(make_gcps(correction, out, n), "")
+        achieved = gcp_error(correction, out, vrt, options, n)
+        if achieved <= GCP_TOLERANCE_PX:
+            break
+    monitor.log(f"GCP transformer: {n}x{n} GCPs, largest deviation from the model {achieved:.3f} px")
+    return vrt, options, err
 
 
 def _kernel_options(correction: Correction, out: RasterGrid) -> list[str]:
@@ -226,10 +277,7 @@ def _callback(monitor: Monitor, state: dict):
 
 def _warp(correction: Correction, ds: gdal.Dataset, out: RasterGrid, tmp: str, resampling: str,
           monitor: Monitor) -> None:
-    options, n, err = _transformer(correction, out)
-    gcps = make_gcps(correction, out, n)
-    src = gdal.Translate("", ds, format="VRT")
-    src.SetGCPs(gcps, "")
+    src, options, err = gcp_source(correction, ds, out, monitor)
     alpha = ds.GetRasterBand(ds.RasterCount).GetColorInterpretation() == gdal.GCI_AlphaBand and ds.RasterCount > 1
     if any(ds.GetRasterBand(i + 1).GetColorTable() is not None for i in range(ds.RasterCount)):
         resampling = "near"  # palette indices must not be interpolated

@@ -133,6 +133,25 @@ def test_geometry_accuracy_with_coordinate_ramp(tmp_path, s2, kind, grid):
     assert err.max() < 0.05, (kind, grid, err.max())
 
 
+@pytest.mark.slow
+def test_wiggly_tps_densifies_gcps_until_accurate(tmp_path, s2):
+    """A spline with 500 controls and ~130 px waves needs more than the first 24x24 GCPs."""
+    _, tgt = s2
+    rng = np.random.default_rng(0)
+    q = rng.uniform(0, 448, (500, 2))
+    model = fit_model("tps", q, q + np.stack([1.5 * np.sin(q[:, 0] / 25), 1.5 * np.cos(q[:, 1] / 20)], 1))
+    src = ramp(str(tmp_path / "ramp.tif"), tgt)
+    log: list[str] = []
+    monitor = Monitor(report_fn=lambda f, m: log.append(m))
+    out = apply_correction(Correction(tgt, tgt, model, "reference"), src, str(tmp_path / "o.tif"), monitor=monitor)
+    got, _ = read_bands(out)
+    s = model(centres(tgt))
+    inner = interior(s, tgt, tgt.shape)
+    err = np.hypot(got[0] - s[:, 0].reshape(tgt.shape), got[1] - s[:, 1].reshape(tgt.shape))[inner]
+    assert err.max() < 0.05, err.max()
+    assert any("GCP transformer" in m and "24x24" not in m for m in log)
+
+
 def test_target_grid_affine_moves_pixels_to_reference_positions(tmp_path, s2):
     path, tgt = s2
     ref = ref_grid_of(tgt)
