@@ -363,6 +363,7 @@ def apply_correction(correction: Correction, raster_path: str | os.PathLike, out
                 _warp(correction, ds, out, tmp, RESAMPLING[resampling], monitor)
             monitor.check()
     except RuntimeError as exc:
-        raise OutputError(f"Writing '{final}' failed.", "Check the free disk space and the folder permissions.",
-                          str(exc)) from exc
+        raise OutputError(f"Writing '{final}' from '{info.path}' failed.",
+                          "Check that the raster reads completely (gdalinfo -checksum), the free disk space "
+                          "and the folder permissions.", str(exc)) from exc
     return os.fspath(out_path)
