@@ -1,0 +1,33 @@
+"""The dense descriptor interface: images in, per-pixel L2-normalised feature maps out."""
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class DenseDescriptor(Protocol):
+    """A dense, modality-robust descriptor.
+
+    Shapes:
+        images: (B, 1, H, W) float32, normalised single-channel images
+        valid:  (B, 1, H, W) bool or None
+        return: (B, C, H, W) float32, L2-normalised along C (zero where invalid)
+    """
+
+    name: str
+    channels: int
+
+    def __call__(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor: ...
+
+
+def get_descriptor(name: str = "auto", weights: str | None = None, device: str = "cpu") -> DenseDescriptor:
+    """Return the descriptor called ``name``; ``auto`` is the current engine default."""
+    if name in ("auto", "cfog"):
+        from .cfog import CFOG
+
+        return CFOG()
+    from ..errors import InputError
+
+    raise InputError(f"Unknown descriptor '{name}'.", "Use 'auto' or 'cfog'.")

@@ -1,0 +1,1 @@
+"""Coarse-to-fine dense-descriptor matching between a reference and a moving image."""

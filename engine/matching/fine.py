@@ -1,0 +1,114 @@
+"""Fine matching: template windows on a grid, searched locally under the current model, sub-pixel.
+
+The moving image is resampled once into the reference frame through the current model
+(``warped(p) = mov(model(p))``) and both are described once with the dense descriptor. For each
+template centre ``p`` (a pixel centre of the reference) a masked ZNCC over offsets ``d`` in
+[-radius, radius] finds where the reference template sits in the warped image; the match pairs the
+reference position ``p`` with the moving position ``model(p + d)``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..geometry.transforms import Transform
+from .ncc import masked_zncc, subpixel_peak
+from .sampling import pixel_grid, sample
+
+
+@dataclass(frozen=True)
+class FineMatches:
+    ref_xy: np.ndarray      # (N, 2) reference pixels
+    mov_xy: np.ndarray      # (N, 2) moving pixels
+    score: np.ndarray       # (N,) ZNCC at the peak
+    distinct: np.ndarray    # (N,) peak minus best other peak
+
+    def __len__(self) -> int:
+        return len(self.ref_xy)
+
+    def subset(self, keep: np.ndarray) -> FineMatches:
+        return FineMatches(self.ref_xy[keep], self.mov_xy[keep], self.score[keep], self.distinct[keep])
+
+    @staticmethod
+    def empty() -> FineMatches:
+        z = np.zeros((0, 2))
+        return FineMatches(z, z, np.zeros(0), np.zeros(0))
+
+
+def grid_centres(width: int, height: int, template: int, spacing: float) -> np.ndarray:
+    """Template centres (pixel centres) on a regular grid, templates fully inside the image."""
+    half = template // 2
+    nx = max(1, int((width - template) // spacing) + 1) if width >= template else 0
+    ny = max(1, int((height - template) // spacing) + 1) if height >= template else 0
+    if nx == 0 or ny == 0:
+        return np.zeros((0, 2))
+    x0 = half + ((width - template) - (nx - 1) * spacing) / 2
+    y0 = half + ((height - template) - (ny - 1) * spacing) / 2
+    xs = np.floor(x0 + np.arange(nx) * spacing) + 0.5
+    ys = np.floor(y0 + np.arange(ny) * spacing) + 0.5
+    return np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
+
+
+def warp_to_reference(mov: torch.Tensor, mov_valid: torch.Tensor, model: Transform, height: int, width: int,
+                      pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``mov(model(p))`` for reference pixel centres ``p`` of a grid padded by ``pad`` on every side.
+
+    Shapes: mov (1,1,H2,W2) -> (1,1,height+2pad,width+2pad), valid alike (bool).
+    """
+    g = pixel_grid(height + 2 * pad, width + 2 * pad, dtype=torch.float64) - pad
+    xy = model(g.reshape(-1, 2).numpy())
+    xy_t = torch.tensor(xy, dtype=torch.float32, device=mov.device).view(1, height + 2 * pad, width + 2 * pad, 2)
+    w = sample(mov, xy_t)
+    v = sample(mov_valid.float(), xy_t) > 0.99
+    return w, v
+
+
+def fine_match(ref_desc: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mov_valid: torch.Tensor,
+               model: Transform, centres: np.ndarray, template: int, radius: int, descriptor,
+               batch: int = 128, min_valid: float = 0.7, monitor=None) -> FineMatches:
+    """Match templates at ``centres`` (reference pixel centres).
+
+    Shapes: ref_desc (1,C,H,W) descriptor of the reference; ref_valid (1,1,H,W) bool;
+    mov (1,1,H2,W2) moving image; mov_valid (1,1,H2,W2) bool.
+    """
+    if len(centres) == 0:
+        return FineMatches.empty()
+    H, W = ref_desc.shape[-2:]
+    border = 3
+    pad = radius + border
+    warped, wvalid = warp_to_reference(mov, mov_valid, model, H, W, pad)
+    d_mov = descriptor(warped, wvalid)[:, :, border:-border, border:-border]  # padded by `radius`
+    wvalid = wvalid[:, :, border:-border, border:-border]
+    half = template // 2
+    x0 = (centres[:, 0] - 0.5).astype(int) - half
+    y0 = (centres[:, 1] - 0.5).astype(int) - half
+    ok = (x0 >= 0) & (y0 >= 0) & (x0 + template <= W) & (y0 + template <= H)
+    ii = np.pad(ref_valid[0, 0].numpy().astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    xa, ya = x0.clip(0, W - template), y0.clip(0, H - template)
+    xb, yb = xa + template, ya + template
+    frac = (ii[yb, xb] - ii[ya, xb] - ii[yb, xa] + ii[ya, xa]) / template ** 2
+    ok &= frac >= min_valid
+    centres, x0, y0 = centres[ok], x0[ok], y0[ok]
+    s = template + 2 * radius
+    out = []
+    for i in range(0, len(centres), batch):
+        xs, ys = x0[i:i + batch], y0[i:i + batch]
+        tpl = torch.stack([ref_desc[0, :, y:y + template, x:x + template] for x, y in zip(xs, ys)])
+        tm = torch.stack([ref_valid[0, :, y:y + template, x:x + template] for x, y in zip(xs, ys)])
+        sr = torch.stack([d_mov[0, :, y:y + s, x:x + s] for x, y in zip(xs, ys)])
+        sm = torch.stack([wvalid[0, :, y:y + s, x:x + s] for x, y in zip(xs, ys)])
+        z, _ = masked_zncc(tpl, tm, sr, sm, min_overlap=0.6)
+        off, peak, second = subpixel_peak(z, exclusion=2)
+        out.append((off.double().numpy() - radius, peak.numpy(), (peak - second).numpy()))
+        if monitor is not None:
+            monitor.report(min(1.0, (i + batch) / len(centres)), "fine matching")
+    if not out:
+        return FineMatches.empty()
+    d = np.concatenate([o[0] for o in out])
+    peak = np.concatenate([o[1] for o in out])
+    dist = np.concatenate([o[2] for o in out])
+    good = peak > -1.0
+    c = centres[good]
+    return FineMatches(c, model(c + d[good]), peak[good], dist[good])

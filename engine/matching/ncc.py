@@ -1,0 +1,99 @@
+"""Masked, multi-channel zero-normalised cross-correlation computed with FFTs.
+
+Shapes:
+    template: (B, C, h, w) with mask (B, 1, h, w)
+    search:   (B, C, H, W) with mask (B, 1, H, W), H >= h, W >= w
+    return:   (B, H - h + 1, W - w + 1) ZNCC for every placement of the template inside ``search``
+              (offset (0, 0) = template's top-left on search's top-left) and the overlap count.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def fast_len(n: int) -> int:
+    """Smallest 2^a 3^b 5^c >= n (fast FFT length)."""
+    best = 1 << (n - 1).bit_length()
+    p5 = 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p = p35
+            while p < n:
+                p *= 2
+            best = min(best, p)
+            p35 *= 3
+        p5 *= 5
+    return best
+
+
+def masked_zncc(template: torch.Tensor, tmask: torch.Tensor, search: torch.Tensor, smask: torch.Tensor,
+                min_overlap: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """ZNCC of the (masked) template over every valid offset in the (masked) search region.
+
+    Offsets where the overlapping valid area is below ``min_overlap`` of the template's valid area get -1.
+    """
+    if template.ndim != 4 or search.ndim != 4:
+        raise ValueError("template and search must be (B, C, H, W)")
+    b, c, h, w = template.shape
+    H, W = search.shape[-2:]
+    size = (fast_len(H), fast_len(W))
+    tm, sm = tmask.to(template.dtype), smask.to(search.dtype)
+    t = template * tm
+    s = search * sm
+    rf = torch.fft.rfft2
+    # template side (conjugated once), search side; masks and channel sums share one FFT each
+    ft = rf(t, s=size).conj()
+    fs = rf(s, s=size)
+    fta = rf(torch.cat([tm, t.sum(1, keepdim=True), (t * t).sum(1, keepdim=True)], 1), s=size).conj()
+    fsa = rf(torch.cat([sm, s.sum(1, keepdim=True), (s * s).sum(1, keepdim=True)], 1), s=size)
+    oy, ox = H - h + 1, W - w + 1
+
+    def corr(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        return torch.fft.irfft2(fa * fb, s=size)[..., :oy, :ox]
+
+    sab = corr((ft * fs).sum(1), 1.0)
+    n = corr(fta[:, 0], fsa[:, 0]) * c
+    sa = corr(fta[:, 1], fsa[:, 0])
+    sb = corr(fta[:, 0], fsa[:, 1])
+    saa = corr(fta[:, 2], fsa[:, 0])
+    sbb = corr(fta[:, 0], fsa[:, 2])
+    nn = n.clamp(min=1.0)
+    cov = sab - sa * sb / nn
+    va = (saa - sa * sa / nn).clamp(min=0)
+    vb = (sbb - sb * sb / nn).clamp(min=0)
+    z = cov / torch.sqrt(va * vb + 1e-12)
+    full = tm.sum(dim=(1, 2, 3)).view(-1, 1, 1) * c
+    z = torch.where(n >= min_overlap * full, z, torch.full_like(z, -1.0))
+    return z, n / c
+
+
+def subpixel_peak(z: torch.Tensor, exclusion: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Integer argmax refined by a separable parabola fit, plus the best peak outside ``exclusion`` px.
+
+    Shapes: z (B, H, W) -> offsets (B, 2) as (x, y) floats, peak (B,), second peak (B,)
+    """
+    b, hh, ww = z.shape
+    flat = z.reshape(b, -1)
+    peak, idx = flat.max(1)
+    iy, ix = idx // ww, idx % ww
+
+    def refine(zm, z0, zp):
+        den = zm - 2 * z0 + zp
+        d = torch.where(den < -1e-9, 0.5 * (zm - zp) / den, torch.zeros_like(den))
+        return d.clamp(-0.5, 0.5)
+
+    ar = torch.arange(b, device=z.device)
+    ixm, ixp = (ix - 1).clamp(0, ww - 1), (ix + 1).clamp(0, ww - 1)
+    iym, iyp = (iy - 1).clamp(0, hh - 1), (iy + 1).clamp(0, hh - 1)
+    dx = refine(z[ar, iy, ixm], peak, z[ar, iy, ixp])
+    dy = refine(z[ar, iym, ix], peak, z[ar, iyp, ix])
+    dx = torch.where((ix > 0) & (ix < ww - 1), dx, torch.zeros_like(dx))
+    dy = torch.where((iy > 0) & (iy < hh - 1), dy, torch.zeros_like(dy))
+    yy = torch.arange(hh, device=z.device).view(1, -1, 1)
+    xx = torch.arange(ww, device=z.device).view(1, 1, -1)
+    near = ((yy - iy.view(-1, 1, 1)).abs() <= exclusion) & ((xx - ix.view(-1, 1, 1)).abs() <= exclusion)
+    second = torch.where(near, torch.full_like(z, -1.0), z).reshape(b, -1).max(1).values
+    off = torch.stack([ix.float() + dx, iy.float() + dy], dim=1)
+    at_edge = (ix == 0) | (ix == ww - 1) | (iy == 0) | (iy == hh - 1)
+    return off, torch.where(at_edge, torch.full_like(peak, -1.0), peak), second

@@ -1,0 +1,318 @@
+"""The one pipeline: input -> preprocessing -> descriptors -> coarse-to-fine matching -> robust fit
+-> apply. Used by the CLI, the Processing algorithms (and so the dock, batch, models, qgis_process).
+
+Public functions:
+    estimate(reference, target, config, monitor) -> Estimate          (nothing written)
+    coregister(reference, target, outdir, config, monitor) -> CoregResult
+    apply(outdir_or_correction_json, raster, out, overwrite, monitor) -> str
+    apply_tiepoints(tiepoints, reference, raster, out, transform, grid, overwrite, monitor) -> str
+    match(image_a, image_b, config, monitor) -> Estimate
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import CoregConfig
+from .correction import Correction
+from .descriptors import get_descriptor
+from .device import resolve_device, set_threads
+from .errors import InputError
+from .fitting import fit_correction
+from .geometry.transforms import fit_model
+from .io.output import atomic_path, prepare_outdir
+from .io.raster import (RasterGrid, RasterInfo, Window, check_georeferencing, open_raster_info, overlap_window,
+                        read_bands, same_crs, transform_points)
+from .io.vector import read_tiepoints_gpkg, write_tiepoints_gpkg
+from .matching.matcher import MatchSettings, match_pair
+from .preprocess import prepare
+from .progress import Monitor
+from .tiepoints import TiePoints
+from .warp import apply_correction
+
+OUTPUT_NAMES = {"raster": "coregistered.tif", "tiepoints": "tiepoints.gpkg", "report": "report.json",
+                "correction": "correction.json"}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    tiepoints: TiePoints
+    correction: Correction
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CoregResult:
+    outdir: str
+    outputs: dict[str, str]
+    estimate: Estimate
+    report: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rmse_px(self) -> float:
+        r = self.report["rmse_px"]
+        return r["check"] if r["check"] is not None else r["fit"]
+
+    @property
+    def n_tiepoints(self) -> int:
+        return len(self.estimate.tiepoints)
+
+    @property
+    def n_inliers(self) -> int:
+        return self.estimate.tiepoints.n_inliers
+
+
+def _versions() -> dict[str, str]:
+    from osgeo import gdal
+
+    from .. import __version__
+
+    return {"hsscl": __version__, "torch": torch.__version__, "numpy": np.__version__,
+            "gdal": gdal.__version__, "python": platform.python_version()}
+
+
+def default_max_shift(width: int, height: int) -> float:
+    """Coarse search radius: 10 % of the image size capped at 100 px, but at least 50 px."""
+    return float(max(50.0, min(0.1 * max(width, height), 100.0)))
+
+
+def _extent_window(grid: RasterGrid, extent: tuple[float, float, float, float]) -> Window:
+    xmin, ymin, xmax, ymax = extent
+    if grid.georeferenced:
+        w = grid.window_for_bounds((xmin, ymin, xmax, ymax))
+    else:  # pixel space: the extent is in pixels (x, y) of the reference
+        w = Window(int(np.floor(xmin)), int(np.floor(ymin)), int(np.ceil(xmax - xmin)), int(np.ceil(ymax - ymin)))
+    x0, y0 = max(w.col_off, 0), max(w.row_off, 0)
+    x1, y1 = min(w.col_off + w.width, grid.width), min(w.row_off + w.height, grid.height)
+    if x1 <= x0 or y1 <= y0:
+        from .errors import NoOverlapError
+
+        raise NoOverlapError("The extent to match does not intersect the reference raster.",
+                             "Draw or give an extent inside the reference raster.")
+    return Window(x0, y0, x1 - x0, y1 - y0)
+
+
+def _intersect(a: Window, b: Window) -> Window:
+    x0, y0 = max(a.col_off, b.col_off), max(a.row_off, b.row_off)
+    x1 = min(a.col_off + a.width, b.col_off + b.width)
+    y1 = min(a.row_off + a.height, b.row_off + b.height)
+    if x1 <= x0 or y1 <= y0:
+        from .errors import NoOverlapError
+
+        raise NoOverlapError("The extent to match does not cover ground seen by the target.",
+                             "Choose an extent where both rasters have data.")
+    return Window(x0, y0, x1 - x0, y1 - y0)
+
+
+def _moving_to_target(match_grid: RasterGrid | None, tgt: RasterGrid):
+    """Map moving-image pixels (target resampled onto the match grid) to target pixels."""
+    if match_grid is None:
+        return lambda xy: np.asarray(xy, float)
+
+    def f(xy: np.ndarray) -> np.ndarray:
+        m = match_grid.pixel_to_map(np.asarray(xy, float))
+        if not same_crs(match_grid.crs_wkt, tgt.crs_wkt):
+            m = transform_points(m, match_grid.crs_wkt, tgt.crs_wkt)
+        return tgt.map_to_pixel(m)
+
+    return f
+
+
+def _modality_report(p) -> dict[str, Any]:
+    return {"modality": p.modality.modality, "sar_scale": p.modality.sar_scale, "reason": p.modality.reason,
+            "denoise": p.denoise_stats}
+
+
+def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: CoregConfig | None = None,
+             monitor: Monitor | None = None) -> Estimate:
+    """Estimate the correction of ``target`` onto ``reference`` (tie points + fitted model)."""
+    config = config or CoregConfig()
+    mon = monitor or Monitor()
+    timings: dict[str, float] = {}
+    t_all = time.perf_counter()
+    set_threads(config.threads)
+    device, device_note = resolve_device(config.device)
+    if device_note:
+        mon.log(device_note)
+    torch.manual_seed(config.seed)
+
+    t = time.perf_counter()
+    ref_info = open_raster_info(reference)
+    tgt_info = open_raster_info(target)
+    ref_grid, tgt_grid = ref_info.grid, tgt_info.grid
+    check_georeferencing(ref_grid, tgt_grid)
+    max_shift = config.max_shift_px or default_max_shift(ref_grid.width, ref_grid.height)
+    if ref_grid.georeferenced:
+        win = overlap_window(ref_grid, tgt_grid, margin_px=0.0)
+    else:
+        win = Window(0, 0, ref_grid.width, ref_grid.height)
+    if config.extent is not None:
+        win = _intersect(win, _extent_window(ref_grid, config.extent))
+    match_grid = ref_grid.subgrid(win)
+    ref_data, ref_valid = read_bands(ref_info.path, window=win)
+    mon.check()
+    if ref_grid.georeferenced:
+        mov_data, mov_valid = read_bands(tgt_info.path, out_grid=match_grid)
+        to_target = _moving_to_target(match_grid, tgt_grid)
+    else:
+        mov_data, mov_valid = read_bands(tgt_info.path)
+        to_target = _moving_to_target(None, tgt_grid)
+    timings["read"] = time.perf_counter() - t
+    mon.report(0.05, "images read")
+
+    with mon.stage(0.05, 0.15, "preprocessing (modality, denoising)"):
+        pr = prepare(ref_data, ref_valid, ref_info.dtypes[0], ref_info.descriptions, "reference", ref_info.path,
+                     config.ref_modality, config.ref_bands, config.denoise)
+        mon.check()
+        pt = prepare(mov_data, mov_valid, tgt_info.dtypes[0], tgt_info.descriptions, "target", tgt_info.path,
+                     config.tgt_modality, config.tgt_bands, config.denoise)
+    timings["preprocess"] = pr.seconds + pt.seconds
+
+    descriptor = get_descriptor(config.descriptor, config.weights, str(device))
+    settings = MatchSettings(max_shift_px=max_shift, max_rotation_deg=config.max_rotation_deg,
+                             max_scale=config.max_scale_change, seed=config.seed)
+    R = torch.from_numpy(pr.image)[None, None].to(device)
+    RV = torch.from_numpy(pr.valid)[None, None].to(device)
+    M = torch.from_numpy(pt.image)[None, None].to(device)
+    MV = torch.from_numpy(pt.valid)[None, None].to(device)
+    t = time.perf_counter()
+    with mon.stage(0.15, 0.85, "matching"):
+        res = match_pair(R, RV, M, MV, descriptor, settings, monitor=mon)
+    timings["match"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    fm = res.matches
+    ref_xy = fm.ref_xy + [win.col_off, win.row_off]
+    tgt_xy = to_target(fm.mov_xy)
+    ok = np.isfinite(tgt_xy).all(1)
+    ref_xy, tgt_xy, score = ref_xy[ok], tgt_xy[ok], fm.score[ok]
+    # size of one reference pixel in target pixels (residuals are reported in reference pixels)
+    a = fit_model("affine", ref_xy, tgt_xy).A
+    px_scale = float(np.sqrt(abs(np.linalg.det(a[:, :2])))) or 1.0
+    with mon.stage(0.85, 0.95, "robust fitting"):
+        fit = fit_correction(ref_xy, tgt_xy, score, config.transform, px_scale=px_scale, seed=config.seed)
+    timings["fit"] = time.perf_counter() - t
+    ties = TiePoints(ref_xy, tgt_xy, score, fit.inlier, fit.check, fit.residual_px)
+    correction = Correction(ref_grid, tgt_grid, fit.model, config.grid)
+    timings["total_estimate"] = time.perf_counter() - t_all
+    report = {
+        "reference": {"path": ref_info.path, "width": ref_grid.width, "height": ref_grid.height,
+                      "georeferenced": ref_grid.georeferenced, **_modality_report(pr)},
+        "target": {"path": tgt_info.path, "width": tgt_grid.width, "height": tgt_grid.height,
+                   "georeferenced": tgt_grid.georeferenced, **_modality_report(pt)},
+        "matched_window": {"col_off": win.col_off, "row_off": win.row_off, "width": win.width, "height": win.height},
+        "space": "map (target resampled onto the reference grid for matching)" if ref_grid.georeferenced
+        else "pixel (no georeferencing)",
+        "descriptor": getattr(descriptor, "name", str(descriptor)),
+        "device": str(device), "device_note": device_note,
+        "config": config.to_dict(),
+        "model": {"kind": fit.kind, "reason": fit.reason, "params": fit.model.to_dict(), "cv_rmse_px": fit.cv_rmse},
+        "counts": {"candidates": len(ties), "inliers": ties.n_inliers, "check_points": int(fit.check.sum()),
+                   "fit_points": int((fit.inlier & ~fit.check).sum())},
+        "rmse_px": {"fit": round(fit.rmse_fit_px, 4),
+                    "check": None if fit.rmse_check_px is None else round(fit.rmse_check_px, 4),
+                    "units": "reference pixels"},
+        "matching": res.diagnostics,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "versions": _versions(),
+    }
+    return Estimate(ties, correction, report)
+
+
+def coregister(reference: str | os.PathLike, target: str | os.PathLike, outdir: str | os.PathLike,
+               config: CoregConfig | None = None, monitor: Monitor | None = None) -> CoregResult:
+    """Estimate and apply; writes coregistered.tif, tiepoints.gpkg, correction.json and report.json.
+
+    Outputs are checked before any work (existing ones are refused unless ``config.overwrite``) and each
+    is written under a temporary name and renamed when complete.
+    """
+    config = config or CoregConfig()
+    mon = monitor or Monitor()
+    out = prepare_outdir(outdir, OUTPUT_NAMES.values(), config.overwrite)
+    with mon.stage(0.0, 0.8, "estimating the correction"):
+        est = estimate(reference, target, config, mon)
+    paths = {k: str(out / v) for k, v in OUTPUT_NAMES.items()}
+    t = time.perf_counter()
+    with mon.stage(0.8, 0.98, "warping (GDAL)"):
+        apply_correction(est.correction, est.report["target"]["path"], paths["raster"], overwrite=True, monitor=mon)
+    t_warp = time.perf_counter() - t
+    write_tiepoints_gpkg(paths["tiepoints"], est.tiepoints.as_table(), est.correction.reference,
+                         est.correction.target)
+    with atomic_path(paths["correction"]) as tmp:
+        est.correction.save(tmp)
+    report = dict(est.report)
+    report["timings_s"] = {**report["timings_s"], "warp": round(t_warp, 3)}
+    report["outputs"] = paths
+    _write_json(paths["report"], report)
+    mon.report(1.0, "done")
+    return CoregResult(str(out), paths, est, report)
+
+
+def _write_json(path: str, data: dict) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=2, default=_json_default)
+
+
+def _json_default(o: Any):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, tuple):
+        return list(o)
+    return str(o)
+
+
+def apply(source: str | os.PathLike, raster: str | os.PathLike, out: str | os.PathLike, overwrite: bool = False,
+          monitor: Monitor | None = None) -> str:
+    """Apply the correction of a previous run (its output folder or correction.json) to ``raster``."""
+    p = Path(source)
+    cj = p / OUTPUT_NAMES["correction"] if p.is_dir() else p
+    if not cj.exists():
+        raise InputError(f"No correction found at '{cj}'.",
+                         "Give the output folder of 'hsscl coregister' (it holds correction.json).")
+    return apply_correction(Correction.load(cj), raster, out, overwrite=overwrite, monitor=monitor)
+
+
+def apply_tiepoints(tiepoints: str | os.PathLike | dict, reference: str | os.PathLike, raster: str | os.PathLike,
+                    out: str | os.PathLike, transform: str = "auto", grid: str = "reference",
+                    overwrite: bool = False, monitor: Monitor | None = None) -> tuple[str, dict[str, Any]]:
+    """Fit ``transform`` to (possibly user-edited) tie points and warp ``raster`` (on the target grid).
+
+    Rows with ``inlier`` = 0 are ignored, so deselecting a point means deleting it or setting inlier to 0.
+    Returns the output path and a small report (model, reason, counts, RMSE).
+    """
+    table = read_tiepoints_gpkg(tiepoints) if not isinstance(tiepoints, dict) else tiepoints
+    keep = np.asarray(table.get("inlier", np.ones(len(table["ref_x"]), bool))).astype(bool)
+    ref_xy = np.stack([table["ref_x"], table["ref_y"]], 1)[keep].astype(float)
+    tgt_xy = np.stack([table["tgt_x"], table["tgt_y"]], 1)[keep].astype(float)
+    if len(ref_xy) < 1:
+        from .errors import NotEnoughMatchesError
+
+        raise NotEnoughMatchesError("The tie point layer has no usable points (all deleted or marked inlier = 0).",
+                                    "Keep at least 3 points for an affine transform.")
+    CoregConfig(transform=transform, grid=grid)  # validates the names
+    ref_grid = open_raster_info(reference).grid
+    tgt_grid = open_raster_info(raster).grid
+    a = fit_model("affine", ref_xy, tgt_xy).A if len(ref_xy) >= 3 else np.eye(2, 3)
+    px_scale = float(np.sqrt(abs(np.linalg.det(a[:, :2])))) or 1.0
+    fit = fit_correction(ref_xy, tgt_xy, np.ones(len(ref_xy)), transform, px_scale=px_scale, robust=False)
+    correction = Correction(ref_grid, tgt_grid, fit.model, grid)
+    path = apply_correction(correction, raster, out, overwrite=overwrite, monitor=monitor)
+    return path, {"model": fit.kind, "reason": fit.reason, "points": int(len(ref_xy)),
+                  "rmse_fit_px": fit.rmse_fit_px, "rmse_check_px": fit.rmse_check_px}
+
+
+def match(image_a: str | os.PathLike, image_b: str | os.PathLike, config: CoregConfig | None = None,
+          monitor: Monitor | None = None) -> Estimate:
+    """Tie points between two images (a = reference, b = target), in each image's pixel coordinates."""
+    return estimate(image_a, image_b, config, monitor)

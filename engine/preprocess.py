@@ -1,0 +1,52 @@
+"""From raster bands to the single normalised, denoised channel that is matched."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .denoise import denoise
+from .errors import InputError
+from .modality import ModalityInfo, detect_modality, is_constant, normalise, reduce_bands
+
+
+@dataclass(frozen=True)
+class Prepared:
+    image: np.ndarray        # (H, W) float32, normalised; invalid pixels hold 0
+    valid: np.ndarray        # (H, W) bool
+    modality: ModalityInfo
+    denoise_stats: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def prepare(data: np.ndarray, valid: np.ndarray, dtype_name: str, descriptions: list[str] | tuple[str, ...],
+            role: str, path: str, modality: str = "auto", bands: tuple[int, ...] | None = None,
+            use_denoise: bool = True) -> Prepared:
+    """Detect the modality (unless given), reduce to one channel, denoise block-wise, normalise.
+
+    ``role`` ("reference"/"target") and ``path`` only serve the error messages.
+    """
+    t0 = time.perf_counter()
+    if not valid.any():
+        raise InputError(f"The {role} '{path}' has no valid pixels in the area to match (all nodata).",
+                         "Check its nodata value and that the two rasters overlap.")
+    info = detect_modality(data, valid, dtype_name, list(descriptions))
+    if modality != "auto" and modality != info.modality:
+        scale = info.sar_scale if modality == "sar" else None
+        if modality == "sar" and scale is None and data.shape[0] <= 2 and np.nanmin(data[:, valid]) < 0:
+            scale = "db"
+        info = ModalityInfo(modality, scale, f"set by the user (detection said {info.modality}: {info.reason})",
+                            info.stats)
+    image = reduce_bands(data, valid, info, bands=bands)
+    if is_constant(image, valid):
+        raise InputError(f"The {role} '{path}' is constant in the area to match: there is nothing to match.",
+                         "Choose another band, or check that the raster is not empty.")
+    stats: dict = {"enabled": bool(use_denoise)}
+    if use_denoise:
+        sar_scale = "db" if info.modality == "sar" and info.sar_scale in ("db", "linear") else None
+        res = denoise(image, valid, info.modality, sar_scale=sar_scale)
+        image = res.image
+        stats.update({k: v for k, v in res.stats.items() if isinstance(v, (int, float, str, bool))})
+    image = normalise(image, valid, info.modality)
+    return Prepared(image.astype(np.float32), valid, info, stats, time.perf_counter() - t0)
