@@ -94,7 +94,8 @@ def read_raster(path: str) -> np.ndarray:
 def warp_with_model(truth: np.ndarray, model: Model, ref_width: int, ref_height: int) -> np.ndarray:
     """Resample a (B, h, w) target-grid raster onto the reference grid through ``model`` (ref -> target).
 
-    Bilinear (exact for the truth raster, which is affine in the pixel position); positions outside the
+    Bilinear (exact for the truth raster, which is affine in the pixel position; the raster is extended by
+    one pixel by linear extrapolation so that the outer half pixel is exact too); positions outside the
     target raster give NaN. This one function warps the truth for every peer that returns tie points or a
     model, so all of them are treated alike.
     """
@@ -104,12 +105,13 @@ def warp_with_model(truth: np.ndarray, model: Model, ref_width: int, ref_height:
     p = np.asarray(model(q), dtype=np.float64)
     h, w = truth.shape[1:]
     ok = np.isfinite(p).all(axis=1) & (p[:, 0] >= 0) & (p[:, 0] <= w) & (p[:, 1] >= 0) & (p[:, 1] <= h)
-    # index space: pixel centre (i + 0.5) is array index i; clamp inside the outer half pixel
-    ix = np.clip(np.where(ok, p[:, 0], 0.5) - 0.5, 0, w - 1)
-    iy = np.clip(np.where(ok, p[:, 1], 0.5) - 0.5, 0, h - 1)
+    # index space of the padded raster: pixel centre (i + 0.5) is index i + 1
+    ix = np.where(ok, p[:, 0], 0.5) + 0.5
+    iy = np.where(ok, p[:, 1], 0.5) + 0.5
     out = np.empty((truth.shape[0], ref_height * ref_width), np.float32)
     for b in range(truth.shape[0]):
-        v = map_coordinates(truth[b].astype(np.float64), [iy, ix], order=1, mode="nearest")
+        a = np.pad(truth[b].astype(np.float64), 1, mode="reflect", reflect_type="odd")
+        v = map_coordinates(a, [iy, ix], order=1, mode="nearest")
         v[~ok] = np.nan
         out[b] = v
     return out.reshape(truth.shape[0], ref_height, ref_width)
@@ -200,3 +202,35 @@ def match_quality(M: np.ndarray, ref_xy: np.ndarray, tgt_xy: np.ndarray, tol: fl
     d = np.linalg.norm(apply_h(M, tgt_xy) - ref_xy, axis=1)
     n = int((d <= tol).sum())
     return n, n / len(ref_xy)
+
+
+def fit_affine_robust(ref_xy: np.ndarray, tgt_xy: np.ndarray, thresh: float = 3.0, iters: int = 2000,
+                      seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded RANSAC affine (3-point samples, ``thresh`` px in the target) and a least-squares refit on
+    the inliers. Used for every peer that gives tie points but no model of its own."""
+    ref_xy = np.asarray(ref_xy, np.float64).reshape(-1, 2)
+    tgt_xy = np.asarray(tgt_xy, np.float64).reshape(-1, 2)
+    n = len(ref_xy)
+    if n < 3:
+        raise ValueError(f"{n} tie points: an affine needs 3")
+    rng = np.random.default_rng(seed)
+    X = np.c_[ref_xy, np.ones(n)]
+    best = np.ones(n, bool) if n == 3 else np.zeros(n, bool)
+    for _ in range(iters if n > 3 else 0):
+        s = rng.choice(n, 3, replace=False)
+        try:
+            P = np.linalg.solve(X[s], tgt_xy[s])
+        except np.linalg.LinAlgError:
+            continue
+        inl = np.linalg.norm(X @ P - tgt_xy, axis=1) <= thresh
+        if inl.sum() > best.sum():
+            best = inl
+    if best.sum() < 3:
+        raise ValueError("no affine consensus among the tie points")
+    for _ in range(3):   # refit, re-select
+        H = fit_affine(ref_xy[best], tgt_xy[best])
+        inl = np.linalg.norm(apply_h(H, ref_xy) - tgt_xy, axis=1) <= thresh
+        if inl.sum() < 3 or (inl == best).all():
+            break
+        best = inl
+    return fit_affine(ref_xy[best], tgt_xy[best]), best

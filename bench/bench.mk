@@ -1,0 +1,17 @@
+# Benchmark targets; included from the main Makefile (`include bench/bench.mk`).
+# `make bench`: all cases (< 30 min on 2 cores); `make bench-quick`: about a dozen cases (< 5 min).
+# Both set up the project (.venv) and the peers' own venv (.bench/venv) first; both are idempotent.
+BENCH_ARGS ?=
+
+.PHONY: bench bench-quick bench-setup
+
+bench-setup:
+	bash scripts/setup.sh
+	bash bench/setup_peers.sh
+
+bench: bench-setup
+	.venv/bin/python -m bench.run --out docs/benchmarks.md $(BENCH_ARGS)
+
+bench-quick: bench-setup
+	.venv/bin/python -m bench.run --quick --out .bench/benchmarks_quick.md --csv .bench/benchmarks_quick.csv \
+		--plot .bench/bench_cdf_quick.png $(BENCH_ARGS)

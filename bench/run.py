@@ -1,0 +1,254 @@
+"""`make bench`: our engine and the tools users would pick instead, on the same cases, in one run.
+
+    .venv/bin/python -m bench.run [--quick] [--tools a,b] [--families f,g] [--cases substr,...]
+                                  [--out docs/benchmarks.md] [--timeout 120] [--jobs 2 --threads 1]
+
+Each tool runs per case in its own subprocess with a time limit; wall time (including interpreter start
+and model loading) and peak RSS (``os.wait4``) are measured. By default two cases run at once, each tool
+limited to one thread (the same limit for every tool), so a 2-core machine is used fully; ``--jobs 1
+--threads 2`` gives each tool both cores instead. A tool that fails, crashes or times out
+counts as a failure for that case and its error is recorded. The error is measured on the truth raster,
+independently of what the tool reports (see ``bench/truth.py``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # `python bench/run.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    __package__ = "bench"
+
+from bench import cases as C  # noqa: E402
+from bench import truth as T  # noqa: E402
+from bench.tools.registry import DEFAULT, TOOLS, thread_env  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".bench" / "runs"
+
+
+def run_timed(cmds: list[list[str]], timeout: float, env: dict, log: Path) -> dict:
+    """Run commands one after another; wall seconds, peak RSS (MB, max over the commands), rc, timeout."""
+    t0 = time.perf_counter()
+    peak_kb, rc = 0, 0
+    with open(log, "ab") as lf:
+        for cmd in cmds:
+            left = timeout - (time.perf_counter() - t0)
+            p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env={**os.environ, **env},
+                                 start_new_session=True, cwd=ROOT)
+            while True:
+                pid, status, ru = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    p.returncode = os.waitstatus_to_exitcode(status)
+                    peak_kb = max(peak_kb, ru.ru_maxrss)
+                    break
+                if time.perf_counter() - t0 > timeout:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    _, status, ru = os.wait4(p.pid, 0)
+                    peak_kb = max(peak_kb, ru.ru_maxrss)
+                    return {"seconds": time.perf_counter() - t0, "peak_mb": peak_kb / 1024, "rc": -9,
+                            "timeout": True}
+                time.sleep(0.02 if left > 1 else 0.005)
+            rc = p.returncode
+            if rc:
+                break
+    return {"seconds": time.perf_counter() - t0, "peak_mb": peak_kb / 1024, "rc": rc, "timeout": False}
+
+
+def warp_floor(case: dict, wd: Path, env: dict) -> float:
+    """Seconds `gdalwarp` takes just to resample the target onto the reference grid (bilinear, all bands)
+    through the true transform: the floor any co-registration tool's total can be compared with."""
+    from osgeo import gdal
+
+    W, H = case["width"], case["height"]
+    M = np.array(case["M_target_to_reference"])
+    src = gdal.Open(case["target"])
+    ref_gt = src.GetGeoTransform() if case["georeferenced"] else (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)
+    R = np.array([[ref_gt[1], ref_gt[2], ref_gt[0]], [ref_gt[4], ref_gt[5], ref_gt[3]], [0, 0, 1]])
+    A = R @ M                          # target pixel -> map, through the truth
+    vrt = wd / "target_true_georef.vrt"
+    ds = gdal.Translate(str(vrt), src, format="VRT")
+    ds.SetGeoTransform((A[0, 2], A[0, 0], A[0, 1], A[1, 2], A[1, 0], A[1, 1]))
+    ds = None
+    te = [ref_gt[0], ref_gt[3] + H * ref_gt[5], ref_gt[0] + W * ref_gt[1], ref_gt[3]]
+    out = wd / "warp_floor.tif"
+    cmd = ["gdalwarp", "-q", "-overwrite", "-r", "bilinear", "-te", *map(str, te), "-ts", str(W), str(H),
+           "-co", "COMPRESS=DEFLATE", str(vrt), str(out)]
+    r = run_timed([cmd], 60, env, wd / "warp_floor.log")
+    return r["seconds"] if r["rc"] == 0 else float("nan")
+
+
+def evaluate(case: dict, res: dict) -> dict:
+    """Score a tool's output on the truth raster; tie points -> correct matches / precision at 3 px."""
+    W, H = case["width"], case["height"]
+    M = np.array(case["M_target_to_reference"])
+    mask = np.load(case["eval_mask"])
+    out: dict = {}
+    if res.get("ref_xy") is not None and len(res.get("ref_xy") or []) > 0:
+        n_ok, prec = T.match_quality(M, res["ref_xy"], res["tgt_xy"], 3.0)
+        out.update(matches=len(res["ref_xy"]), correct3=n_ok, precision3=prec)
+    if not res.get("ok", False):
+        out.update(failed=True, reason=res.get("error", "failed"), rmse=float("inf"))
+        return out
+    try:
+        if res.get("warped_truth"):
+            warped = T.read_raster(res["warped_truth"])
+            if warped.shape[1:] != (H, W):
+                raise ValueError(f"corrected truth is {warped.shape[2]}x{warped.shape[1]}, reference {W}x{H}")
+            how = "tool's own warp"
+        else:
+            if res.get("model") is not None:
+                Hm = np.array(res["model"], np.float64)
+                how = "tool's model"
+            else:
+                fit = res.get("fit", "robust-affine")
+                if fit == "affine":
+                    Hm = T.fit_affine(res["ref_xy"], res["tgt_xy"])
+                else:
+                    Hm, _ = T.fit_affine_robust(res["ref_xy"], res["tgt_xy"])
+                how = f"harness {fit} fit"
+            warped = T.warp_with_model(T.read_raster(case["truth"]), T.matrix_model(Hm), W, H)
+        s = T.score(warped, mask)
+    except Exception as e:  # noqa: BLE001 - a bad output is a failure of that tool on that case
+        out.update(failed=True, reason=f"evaluation: {type(e).__name__}: {e}", rmse=float("inf"))
+        return out
+    out.update(rmse=s.rmse, mean_err=s.mean_err, max_err=s.max_err, coverage=s.coverage, failed=s.failed,
+               reason=s.reason, warp=how)
+    return out
+
+
+def machine() -> dict:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024 ** 2:.0f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "python": platform.python_version(),
+            "os": platform.platform(), "date": time.strftime("%Y-%m-%d %H:%M %Z")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="about 15 cases (a few per family)")
+    ap.add_argument("--tools", default=",".join(DEFAULT), help=f"comma list of {', '.join(TOOLS)}")
+    ap.add_argument("--families", default="", help="comma list of families (default: all)")
+    ap.add_argument("--cases", default="", help="comma list of case-name substrings")
+    ap.add_argument("--out", default="docs/benchmarks.md", help="markdown table ('' to skip the report)")
+    ap.add_argument("--csv", default="docs/benchmarks.csv")
+    ap.add_argument("--plot", default="docs/img/bench_cdf.png")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per tool and case")
+    ap.add_argument("--seed", type=int, default=C.SEED)
+    ap.add_argument("--jobs", type=int, default=2, help="cases run at once (default 2)")
+    ap.add_argument("--threads", type=int, default=1, help="threads per tool, the same for all (default 1)")
+    a = ap.parse_args(argv)
+    t_start = time.perf_counter()
+
+    names = [t for t in a.tools.split(",") if t]
+    unknown = [t for t in names if t not in TOOLS]
+    if unknown:
+        ap.error(f"unknown tools {unknown}; known: {list(TOOLS)}")
+    srcs = C.select(a.quick, [f for f in a.families.split(",") if f] or None,
+                    [c for c in a.cases.split(",") if c] or None)
+    if not srcs:
+        print("[bench] no cases: is shared/data there? (set HSSCL_BENCH_DATA)", file=sys.stderr)
+        return 2
+    print(f"[bench] {len(srcs)} cases, tools: {', '.join(names)}", flush=True)
+    cases = []
+    for s in srcs:
+        case = C.build_case(s, seed=a.seed)
+        case["_json"] = str(Path(case["truth"]).parent / "case.json")
+        case["_threads"] = a.threads
+        cases.append(case)
+
+    skipped: dict[str, str] = {}
+    tools = []
+    for n in names:
+        why = TOOLS[n].available()
+        if why:
+            skipped[n] = why
+            print(f"[bench] {n}: cannot run here: {why}", flush=True)
+        else:
+            tools.append(TOOLS[n])
+
+    env = thread_env(a.threads)
+    load0 = os.getloadavg()
+
+    def one_case(case: dict) -> tuple[list[dict], str]:
+        rows: list[dict] = []
+        wd0 = WORK / case["id"]
+        wd0.mkdir(parents=True, exist_ok=True)
+        floor = warp_floor(case, wd0, env)
+        line = [f"{case['id'][:34]:34s} init {case['initial_rmse']:5.1f}"]
+        for tool in tools:
+            wd = wd0 / tool.name
+            if wd.exists():
+                for p in sorted(wd.rglob("*"), reverse=True):
+                    p.unlink() if p.is_file() or p.is_symlink() else p.rmdir()
+            wd.mkdir(parents=True, exist_ok=True)
+            cmds = tool.timed(case, wd)
+            t = run_timed(cmds, a.timeout, {**env, **tool.env}, wd / "log.txt") if cmds else \
+                {"seconds": 0.0, "peak_mb": 0.0, "rc": 0, "timeout": False}
+            if t["rc"] == 0 and not t["timeout"]:
+                post = tool.post(case, wd)
+                if post:
+                    run_timed(post, a.timeout, {**env, **tool.env}, wd / "log.txt")
+            res = tool.collect(case, wd) if not t["timeout"] else {"ok": False, "error": f"timeout {a.timeout:.0f} s"}
+            if t["rc"] and res.get("ok", False):
+                res = {**res, "ok": False, "error": f"exit code {t['rc']}"}
+            if t["rc"] and not res.get("error"):
+                res["error"] = f"exit code {t['rc']}: see {wd / 'log.txt'}"
+            ev = evaluate(case, res)
+            row = {"case": case["id"], "family": case["family"], "origin": case["origin"],
+                   "georeferenced": case["georeferenced"], "size": f"{case['width']}x{case['height']}",
+                   "initial_rmse": case["initial_rmse"], "tool": tool.name, "label": tool.label,
+                   "group": tool.group, "threads": a.threads if tool.threads else 0, "jobs": a.jobs, "seconds": t["seconds"],
+                   "peak_mb": t["peak_mb"], "warp_floor_s": floor, "timeout": t["timeout"], **ev}
+            rows.append(row)
+            r = ev.get("rmse", float("inf"))
+            line.append(f"{tool.name}={'FAIL' if ev.get('failed') else f'{r:.2f}'}({t['seconds']:.1f}s)")
+        return rows, " ".join(line)
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows: list[dict] = []
+    with ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex:
+        for k, (r, line) in enumerate(ex.map(one_case, cases)):
+            rows.extend(r)
+            print(f"[bench] {k + 1:3d}/{len(cases)} {line}", flush=True)
+
+
+    total = time.perf_counter() - t_start
+    raw = ROOT / ".bench" / ("results_quick.json" if a.quick else "results.json")
+    info = {"machine": machine(), "quick": a.quick, "seed": a.seed, "n_cases": len(cases), "tools": names,
+            "jobs": a.jobs, "threads": a.threads, "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+            "skipped": skipped, "total_seconds": total, "command": "python -m bench.run " + " ".join(argv or sys.argv[1:])}
+    raw.write_text(json.dumps({"info": info, "rows": rows}, indent=1, default=float))
+    print(f"[bench] {len(rows)} runs in {total / 60:.1f} min; raw results in {raw}", flush=True)
+    if a.out:
+        from bench import report
+
+        report.write_all(rows, info, ROOT / a.out, ROOT / a.csv if a.csv else None, ROOT / a.plot if a.plot else None)
+        print(f"[bench] wrote {a.out}" + (f", {a.csv}" if a.csv else "") + (f", {a.plot}" if a.plot else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
