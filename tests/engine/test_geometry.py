@@ -1,0 +1,189 @@
+"""Geometric models, robust fitting, model choice and check points (pure numpy, seeded)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hsscl.engine.fitting import CHECK_FRACTION, fit_correction
+from hsscl.engine.geometry.robust import choose_model, magsac
+from hsscl.engine.geometry.transforms import (Affine, Polynomial, Shift, ThinPlateSpline, fit_model, model_name,
+                                              transform_from_dict)
+
+AFFINE = Affine.from_array(np.array([[1.013, 0.031, 12.4], [-0.027, 0.991, -7.9]]))
+
+
+def quadratic(xy: np.ndarray) -> np.ndarray:
+    """A clearly non-affine (2nd order) distortion: up to ~8 px of curvature over 400 px."""
+    d = (xy - 200.0) / 200.0
+    return AFFINE(xy) + np.stack([4.0 * d[:, 0] ** 2 + 2.0 * d[:, 0] * d[:, 1], 3.0 * d[:, 1] ** 2], 1)
+
+
+def cubic(xy: np.ndarray) -> np.ndarray:
+    d = (xy - 200.0) / 200.0
+    return quadratic(xy) + np.stack([2.5 * d[:, 0] ** 3, -1.5 * d[:, 0] * d[:, 1] ** 2 + d[:, 1] ** 3], 1)
+
+
+def wave(xy: np.ndarray) -> np.ndarray:
+    return AFFINE(xy) + np.stack([2.0 * np.sin(xy[:, 0] / 90.0), 1.5 * np.cos(xy[:, 1] / 70.0)], 1)
+
+
+TRUTHS = {"shift": lambda xy: xy + [3.25, -1.75], "affine": AFFINE, "poly2": quadratic, "poly3": cubic}
+
+
+def points(n: int, seed: int = 0, lo: float = 0.0, hi: float = 400.0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(lo, hi, (n, 2))
+
+
+def rms(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.sum((a - b) ** 2, axis=1))))
+
+
+@pytest.mark.parametrize("kind", ["shift", "affine", "poly2", "poly3"])
+def test_model_recovers_known_transform_from_exact_points(kind):
+    src = points(60)
+    model = fit_model(kind, src, TRUTHS[kind](src))
+    assert model_name(model) == kind
+    fresh = points(500, seed=1)
+    assert rms(model(fresh), TRUTHS[kind](fresh)) < 1e-8
+
+
+def test_tps_interpolates_exact_points_and_recovers_a_smooth_warp():
+    src = points(200)
+    model = fit_model("tps", src, wave(src))
+    assert isinstance(model, ThinPlateSpline)
+    assert rms(model(src), wave(src)) < 0.02  # regularised: near-interpolation of the controls
+    fresh = points(500, seed=1, lo=40, hi=360)  # inside the hull of the controls
+    assert rms(model(fresh), wave(fresh)) < 0.05
+
+
+def test_tps_reproduces_an_affine_exactly():
+    src = points(40)
+    model = fit_model("tps", src, AFFINE(src))
+    fresh = points(300, seed=2)
+    assert rms(model(fresh), AFFINE(fresh)) < 1e-6
+
+
+def test_affine_helpers_are_consistent():
+    sim = Affine.from_similarity(1.02, 3.0, 4.0, -2.0, center=(100.0, 50.0))
+    c = np.array([[100.0, 50.0]])
+    np.testing.assert_allclose(sim(c), c + [4.0, -2.0], atol=1e-12)  # rotation/scale about the centre
+    p = points(50)
+    np.testing.assert_allclose(sim.inverse()(sim(p)), p, atol=1e-9)
+    np.testing.assert_allclose(sim.compose(AFFINE)(p), sim(AFFINE(p)), atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", ["shift", "affine", "poly2", "poly3", "tps"])
+def test_json_round_trip(kind):
+    src = points(80)
+    truth = TRUTHS.get(kind, wave)
+    model = fit_model(kind, src, truth(src))
+    text = json.dumps(model.to_dict())
+    back = transform_from_dict(json.loads(text))
+    assert type(back) is type(model) and model_name(back) == kind
+    fresh = points(200, seed=3)
+    np.testing.assert_allclose(back(fresh), model(fresh), rtol=0, atol=1e-9)
+
+
+def test_transform_from_dict_rejects_unknown_kind():
+    with pytest.raises(ValueError):
+        transform_from_dict({"kind": "homography"})
+
+
+def test_magsac_recovers_affine_with_40_percent_outliers_and_flags_them():
+    rng = np.random.default_rng(42)
+    n = 250
+    src = points(n, seed=42)
+    dst = AFFINE(src) + rng.normal(0, 0.3, (n, 2))
+    out = rng.random(n) < 0.4
+    # outliers: displaced by 10-60 px in a random direction (clearly wrong matches)
+    ang = rng.uniform(0, 2 * np.pi, n)
+    mag = rng.uniform(10, 60, n)
+    dst[out] += np.stack([np.cos(ang), np.sin(ang)], 1)[out] * mag[out, None]
+    fit = magsac(src, dst, "affine", max_threshold=3.0, seed=0)
+    grid = np.stack(np.meshgrid(np.arange(0, 401, 20.0), np.arange(0, 401, 20.0)), -1).reshape(-1, 2)
+    err = rms(fit.model(grid), AFFINE(grid))
+    assert err < 0.15, f"affine recovered to {err:.3f} px"
+    true_in = ~out
+    recall = (fit.inlier & true_in).sum() / true_in.sum()
+    false_in = (fit.inlier & out).sum()
+    assert recall > 0.95, recall
+    assert false_in == 0, f"{false_in} outliers flagged as inliers"
+    # seeded: same result again
+    again = magsac(src, dst, "affine", max_threshold=3.0, seed=0)
+    np.testing.assert_array_equal(again.inlier, fit.inlier)
+    np.testing.assert_array_equal(again.model.A, fit.model.A)
+
+
+def test_choose_model_picks_affine_for_noisy_affine_data():
+    rng = np.random.default_rng(1)
+    src = points(200, seed=1)
+    dst = AFFINE(src) + rng.normal(0, 0.5, src.shape)
+    choice = choose_model(src, dst, seed=0)
+    assert choice.kind == "affine", choice.reason
+    _reason_names_cv_figures(choice)
+
+
+def test_choose_model_picks_poly2_for_quadratic_data():
+    rng = np.random.default_rng(2)
+    src = points(200, seed=2)
+    dst = quadratic(src) + rng.normal(0, 0.3, src.shape)
+    choice = choose_model(src, dst, seed=0)
+    assert choice.kind == "poly2", choice.reason
+    assert choice.cv_rmse["poly2"] < 0.5 < choice.cv_rmse["affine"]
+    _reason_names_cv_figures(choice)
+
+
+def _reason_names_cv_figures(choice) -> None:
+    assert "CV RMSE" in choice.reason
+    for kind, value in choice.cv_rmse.items():
+        assert f"{kind} {value:.2f}" in choice.reason, (kind, value, choice.reason)
+
+
+def test_fit_correction_holds_out_check_points_and_reports_check_rmse():
+    rng = np.random.default_rng(5)
+    n = 150
+    src = points(n, seed=5)
+    dst = AFFINE(src) + rng.normal(0, 0.4, (n, 2))
+    dst[:10] += 25.0  # a few gross outliers
+    fit = fit_correction(src, dst, np.full(n, 0.5), "auto", seed=0)
+    assert fit.kind == "affine"
+    n_inl = int(fit.inlier.sum())
+    assert n_inl >= n - 10 - 3 and not fit.inlier[:10].any()
+    # check points: ~20 % of the inliers, never outliers, left out of the fit
+    assert fit.check.sum() == round(CHECK_FRACTION * n_inl)
+    assert not (fit.check & ~fit.inlier).any()
+    use = fit.inlier & ~fit.check
+    refit = fit_model("affine", src[use], dst[use])
+    np.testing.assert_allclose(refit.A, fit.model.A, atol=1e-9)
+    assert fit.rmse_check_px is not None
+    np.testing.assert_allclose(fit.rmse_check_px, np.sqrt(np.mean(fit.residual_px[fit.check] ** 2)), rtol=1e-12)
+    assert 0.3 < fit.rmse_check_px < 0.9 and 0.3 < fit.rmse_fit_px < 0.9  # 2-D noise of 0.4 px per axis
+    assert "CV RMSE" in fit.reason
+    # seeded: same check points again
+    again = fit_correction(src, dst, np.full(n, 0.5), "auto", seed=0)
+    np.testing.assert_array_equal(again.check, fit.check)
+
+
+def test_fit_correction_reports_residuals_in_reference_pixels():
+    rng = np.random.default_rng(6)
+    src = points(100, seed=6)
+    # target pixels are half the size of reference pixels: 2 target px = 1 reference px
+    dst = 2.0 * src + rng.normal(0, 0.5, src.shape)
+    fit = fit_correction(src, dst, np.ones(100), "affine", px_scale=2.0, seed=0)
+    raw = fit.model.residuals(src, dst)
+    np.testing.assert_allclose(fit.residual_px, raw / 2.0)
+
+
+def test_fit_correction_without_enough_points_has_no_check_rmse():
+    src = points(8, seed=7)
+    fit = fit_correction(src, AFFINE(src), np.ones(8), "affine", robust=False)
+    assert not fit.check.any() and fit.rmse_check_px is None
+    assert fit.rmse_fit_px < 1e-9
+
+
+def test_shift_and_polynomial_types():
+    src = points(30)
+    assert isinstance(fit_model("shift", src, src + 1), Shift)
+    assert isinstance(fit_model("poly3", src, cubic(src)), Polynomial)
