@@ -63,7 +63,7 @@ def _table(rows: list[dict], tools: list[str], families: list[str]) -> list[str]
                 f"| {name} | {'**all**' if fam == 'all' else fam} | {s['n']} | {s['s1']:.0%} | {s['s3']:.0%} | "
                 f"{s['s5']:.0%} | {_f(s['median'])} | {_f(s['mean'])} | {s['failed']} | "
                 f"{_f(s['correct3'], '{:.0f}')} | {_f(s['precision3'], '{:.0%}')} | {_f(s['sec'], '{:.2f}')} | "
-                f"{_f(s['peak'], '{:.0f}')} | {max(x.get('threads', 0) for x in fr) or '–'} |")
+                f"{_f(s['peak'] or None, '{:.0f}')} | {max(x.get('threads', 0) for x in fr) or '–'} |")
     return out
 
 

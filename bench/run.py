@@ -211,10 +211,12 @@ def main(argv: list[str] | None = None) -> int:
                 if post:
                     run_timed(post, a.timeout, {**env, **tool.env}, wd / "log.txt")
             res = tool.collect(case, wd) if not t["timeout"] else {"ok": False, "error": f"timeout {a.timeout:.0f} s"}
-            if t["rc"] and res.get("ok", False):
-                res = {**res, "ok": False, "error": f"exit code {t['rc']}"}
-            if t["rc"] and not res.get("error"):
-                res["error"] = f"exit code {t['rc']}: see {wd / 'log.txt'}"
+            if t["rc"]:
+                res = {**res, "ok": False}
+            if t["rc"] and not t["timeout"] and not (res.get("error") and (wd / "result.json").exists()):
+                tail = [ln for ln in (wd / "log.txt").read_text(errors="replace").splitlines() if ln.strip()][-1:] \
+                    if (wd / "log.txt").exists() else []
+                res["error"] = f"exit code {t['rc']}" + (f": {tail[0].strip()[:200]}" if tail else "")
             ev = evaluate(case, res)
             row = {"case": case["id"], "family": case["family"], "origin": case["origin"],
                    "georeferenced": case["georeferenced"], "size": f"{case['width']}x{case['height']}",
