@@ -28,6 +28,10 @@ def get_descriptor(name: str = "auto", weights: str | None = None, device: str =
         from .cfog import CFOG
 
         return CFOG()
+    if name == "hsscl":
+        from .hsscl import HSSCLDescriptor
+
+        return HSSCLDescriptor.from_weights(weights, device)
     from ..errors import InputError
 
-    raise InputError(f"Unknown descriptor '{name}'.", "Use 'auto' or 'cfog'.")
+    raise InputError(f"Unknown descriptor '{name}'.", "Use 'auto', 'cfog' or 'hsscl'.")
