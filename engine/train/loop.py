@@ -73,7 +73,7 @@ def step_losses(model: HSSCLNet, batch, cfg: TrainConfig, gen: torch.Generator, 
         loss, st = info_nce(fa[lv], fb[lv], batch.va, batch.vb, batch.H, strides[lv], cfg.points[i], cfg.tau,
                             cfg.exclusion_px[i], gen, shift if lv == "fine" or lv == "mid" else None)
         total = total + cfg.level_weights[i] * loss
-        terms[f"nce_{lv}"] = float(loss)
+        terms[f"nce_{lv}"] = float(loss.detach())
         terms[f"acc_{lv}"] = st["acc"]
         fa_ok, fb_ok = st["feats"]
         ok = st["ok"]
@@ -82,8 +82,8 @@ def step_losses(model: HSSCLNet, batch, cfg: TrainConfig, gen: torch.Generator, 
     if cfg.coral_weight > 0:
         c = coral(feats, doms)
         total = total + cfg.coral_weight * c
-        terms["coral"] = float(c)
-    terms["loss"] = float(total)
+        terms["coral"] = float(c.detach())
+    terms["loss"] = float(total.detach())
     return total, terms
 
 
