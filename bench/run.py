@@ -126,6 +126,18 @@ def evaluate(case: dict, res: dict) -> dict:
     return out
 
 
+def engine_version() -> str:
+    """Commit of the checkout and whether the engine had uncommitted changes when the run started."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                             timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "engine"], cwd=ROOT, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return rev + (" (engine/ with uncommitted changes)" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def machine() -> dict:
     cpu = platform.processor() or ""
     try:
@@ -240,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t_start
     raw = ROOT / ".bench" / ("results_quick.json" if a.quick else "results.json")
     info = {"machine": machine(), "quick": a.quick, "seed": a.seed, "n_cases": len(cases), "tools": names,
-            "jobs": a.jobs, "threads": a.threads, "loadavg_before": load0, "loadavg_after": os.getloadavg(),
+            "jobs": a.jobs, "threads": a.threads, "engine": engine_version(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
             "skipped": skipped, "total_seconds": total, "command": "python -m bench.run " + " ".join(argv or sys.argv[1:])}
     raw.write_text(json.dumps({"info": info, "rows": rows}, indent=1, default=float))
     print(f"[bench] {len(rows)} runs in {total / 60:.1f} min; raw results in {raw}", flush=True)

