@@ -81,7 +81,7 @@ def _read(path: str | Path, bands: list[int] | None = None, decode: Callable | N
             a = decode(a)
         arrs.append(a)
     gtype = ds.GetRasterBand(idx[0]).DataType
-    if gtype == gdal.GDT_Float64:
+    if gtype == gdal.GDT_Float64 or decode is not None:   # decoded values (e.g. dB) are floats
         gtype = gdal.GDT_Float32
     gt = ds.GetGeoTransform(can_return_null=True)
     crs = ds.GetProjection() or None
@@ -194,12 +194,13 @@ def sources() -> list[Source]:
             "identity (same grid)", quick=(k == 2))
     wc = D / "more_s1s2" / "worldcereal_openeo_s1s2_composites" / "worldcereal_preprocessed_inputs.nc"
     nc = lambda var: f'NETCDF:"{wc}":{var}'  # noqa: E731
-    for t in (3,):           # Feb 2021 composite
+    # monthly composites t = 1..12 from Nov 2020; t = 2, 3 (Dec, Jan) hold no S2 data (fill 65535)
+    for t in (7,):           # May 2021
         add(f"worldcereal_t{t:02d}_S1S2", "SAR-optical", "more_s1s2/worldcereal_openeo_s1s2_composites",
             lambda t=t: _stack(*[_read(nc(f"S2-L2A-{b}"), [t]) for b in ("B04", "B03", "B02")]),
             lambda t=t: _stack(*[_read(nc(f"S1-SIGMA0-{p}"), [t], _wc_decode_s1) for p in ("VV", "VH")]),
             _g_geo, [wc], "identity (same grid)")
-    for t0, t1 in ((2, 9),):   # Dec vs Jul
+    for t0, t1 in ((1, 9),):   # Nov 2020 vs Jul 2021
         add(f"worldcereal_B04_t{t0:02d}_t{t1:02d}", "cross-season/day-night",
             "more_s1s2/worldcereal_openeo_s1s2_composites",
             lambda t0=t0: _read(nc("S2-L2A-B04"), [t0]), lambda t1=t1: _read(nc("S2-L2A-B04"), [t1]),
@@ -381,6 +382,10 @@ def build_case(src: Source, out_root: Path = CASES_DIR, seed: int = SEED, force:
             return meta
     d.mkdir(parents=True, exist_ok=True)
     ref, tgt = src.ref(), src.tgt()
+    for what, im in (("reference", ref), ("target", tgt)):
+        v = im.data[np.isfinite(im.data)]
+        if v.size == 0 or float(v.std()) == 0.0:
+            raise ValueError(f"{src.name}: the {what} holds no data (empty or constant)")
     G = (src.G or _g_geo)(ref, tgt)
     H, W = ref.shape
     georef = ref.gt is not None and ref.crs is not None

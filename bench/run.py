@@ -185,7 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[bench] {len(srcs)} cases, tools: {', '.join(names)}", flush=True)
     cases = []
     for s in srcs:
-        case = C.build_case(s, seed=a.seed)
+        try:
+            case = C.build_case(s, seed=a.seed)
+        except (ValueError, OSError, RuntimeError) as e:
+            print(f"[bench] case {s.name} skipped: {e}", flush=True)
+            continue
         case["_json"] = str(Path(case["truth"]).parent / "case.json")
         case["_threads"] = a.threads
         cases.append(case)
