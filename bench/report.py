@@ -23,6 +23,15 @@ def _f(v, fmt="{:.2f}", none="–"):
     return fmt.format(v)
 
 
+def _clean(s: str, n: int) -> str:
+    """One table cell: no paths of this machine, no pipes, at most n characters."""
+    import re
+
+    s = re.sub(r"/\S*/\.bench/\S*?/([^/\s]+)'", r"\1'", str(s))
+    s = re.sub(r"see /\S+", "", s)
+    return s.replace("|", "/").strip()[:n]
+
+
 def summarise(rows: list[dict]) -> dict:
     n = len(rows)
     r = np.array([x.get("rmse", np.inf) if not x.get("failed") else np.inf for x in rows], float)
@@ -159,10 +168,19 @@ def write_markdown(rows: list[dict], info: dict, path: Path) -> None:
         L.append(f"| {c['case']} | {c['family']} | {c['origin']} | {c['size']} | {c['initial_rmse']:.1f} | "
                  f"{next((g for g in [c.get('gt_note')] if g), '')} |")
     fails = [x for x in rows if x.get("failed") and x["tool"] != "none"]
-    if fails:
-        L += ["", "## Failures (first reason per tool and case)", "", "| tool | case | reason |", "|---|---|---|"]
-        for x in fails:
-            L.append(f"| {x['tool']} | {x['case']} | {str(x.get('reason', ''))[:140].replace('|', '/')} |")
+    ours = [x for x in fails if x.get("group") == "ours"]
+    if ours:
+        L += ["", "## Our failures", "", "| tool | case | reason |", "|---|---|---|"]
+        for x in ours:
+            L.append(f"| {x['tool']} | {x['case']} | {_clean(x.get('reason', ''), 220)} |")
+    peers = [x for x in fails if x.get("group") != "ours"]
+    if peers:
+        from collections import Counter
+
+        L += ["", "## Peers' failures (by reason)", "", "| tool | failures | reason |", "|---|---|---|"]
+        cnt = Counter((x["tool"], _clean(x.get("reason", ""), 110)) for x in peers)
+        for (t, why), k in sorted(cnt.items(), key=lambda kv: (kv[0][0], -kv[1])):
+            L.append(f"| {t} | {k} | {why} |")
     L += ["", "Reproduce: `make bench` (full, < 30 min on 2 cores) or `make bench-quick` (< 5 min). Raw per-run "
           "numbers: [benchmarks.csv](benchmarks.csv). Code: `bench/`.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -22,7 +22,8 @@ def run(case: dict, workdir: Path) -> dict:
     CRL.calculate_spatial_shifts()
     gcps = CRL.tiepoint_grid.GCPList or []
     if len(gcps) < 3:
-        return {"ok": False, "error": f"{len(gcps)} valid tie points (of {grid}-px grid)", "n_raw": len(gcps)}
+        return {"ok": False, "error": "fewer than 3 tie points pass AROSICS's reliability and outlier filters",
+                "n_raw": len(gcps), "grid_res": grid}
     ref_xy = ac.map_to_px(np.array([[g.GCPX, g.GCPY] for g in gcps]))
     tgt_xy = np.array([[g.GCPPixel, g.GCPLine] for g in gcps])
     return {"model": None, "ref_xy": ref_xy, "tgt_xy": tgt_xy, "n_raw": len(gcps), "fit": "affine",
