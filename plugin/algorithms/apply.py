@@ -16,7 +16,7 @@ from qgis.core import (
     QgsVectorFileWriter,
 )
 
-from .base import TRANSFORMS, HSSCLAlgorithm, _help, _labels
+from .base import GRIDS, TRANSFORMS, HSSCLAlgorithm, _help, _labels
 from .coregister import _number
 from .outputs import deliver_raster
 
@@ -51,7 +51,8 @@ class ApplyAlgorithm(HSSCLAlgorithm):
         self.addParameter(_help(QgsProcessingParameterFeatureSource(
             self.TIEPOINTS, self.tr("Tie points"), [QgsProcessing.TypeVectorPoint]),
             "A tie point layer from HSSCL (fields ref_x, ref_y, tgt_x, tgt_y). Only the selected points are "
-            "used when 'Selected features only' is ticked; deleted points are gone."))
+            "used when 'Selected features only' is ticked; deleted points are gone; points whose 'inlier' "
+            "field is 0 (false) are ignored, so set it to 1 to bring an outlier back."))
         self.addParameter(_help(QgsProcessingParameterRasterLayer(
             self.REFERENCE, self.tr("Reference raster")),
             "The reference the tie points were found against (defines the output grid when the correction "
@@ -62,6 +63,9 @@ class ApplyAlgorithm(HSSCLAlgorithm):
         self.addParameter(_help(QgsProcessingParameterEnum(
             self.TRANSFORM, self.tr("Transform model"), _labels(TRANSFORMS), defaultValue=0),
             "Model fitted to the tie points. Automatic picks the simplest model not beaten on check points."))
+        self.addParameter(_help(QgsProcessingParameterEnum(
+            self.GRID, self.tr("Output grid"), _labels(GRIDS), defaultValue=0),
+            "Reference: the output has the reference's pixel grid. Target: the raster keeps its own grid."))
         self.addParameter(_help(QgsProcessingParameterRasterDestination(
             self.OUTPUT, self.tr("Corrected raster")), "The raster, corrected."))
         self.addOutput(QgsProcessingOutputNumber(self.RMSE_PX, self.tr("RMSE of the inliers (pixels)")))
@@ -83,6 +87,7 @@ class ApplyAlgorithm(HSSCLAlgorithm):
         _reference, ref_path = self.raster_path(parameters, self.REFERENCE, context)
         _raster, raster_path = self.raster_path(parameters, self.RASTER, context)
         transform = self.enum_value(parameters, self.TRANSFORM, context, TRANSFORMS)
+        grid = self.enum_value(parameters, self.GRID, context, GRIDS)
         out_raster = self.parameterAsOutputLayer(parameters, self.OUTPUT, context)
 
         from ...engine import pipeline
@@ -90,15 +95,17 @@ class ApplyAlgorithm(HSSCLAlgorithm):
         with self.work_folder() as folder:
             ties = self._write_tiepoints(source, f"{folder}/tiepoints.gpkg", context, feedback)
             with self.engine_errors(feedback):
-                res = pipeline.apply_tiepoints(ties, ref_path, raster_path, f"{folder}/corrected.tif",
-                                               transform=transform, overwrite=True,
-                                               monitor=self.monitor(feedback))
+                produced, report = pipeline.apply_tiepoints(
+                    ties, ref_path, raster_path, f"{folder}/corrected.tif", transform=transform, grid=grid,
+                    overwrite=True, monitor=self.monitor(feedback))
             if feedback.isCanceled():
                 raise QgsProcessingException(self.tr("Cancelled: no output was written."))
-            produced = res if isinstance(res, str) else getattr(res, "path", f"{folder}/corrected.tif")
             results: dict[str, Any] = {self.OUTPUT: deliver_raster(str(produced), out_raster)}
-        results[self.RMSE_PX] = _number(getattr(res, "rmse_px", None))
-        results[self.N_TIEPOINTS] = float(source.featureCount())
+        rmse = report.get("rmse_check_px")
+        results[self.RMSE_PX] = _number(rmse if rmse is not None else report.get("rmse_fit_px"))
+        results[self.N_TIEPOINTS] = _number(report.get("points"))
+        feedback.pushInfo(self.tr(f"Model {report.get('model')} fitted to {results[self.N_TIEPOINTS]:.0f} tie "
+                                  f"points ({report.get('reason', '')}); RMSE {results[self.RMSE_PX]:.3f} px."))
         return results
 
     def _write_tiepoints(self, source, path: str, context, feedback) -> str:

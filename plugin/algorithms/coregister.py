@@ -82,10 +82,15 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
             self.MATCHES, self.tr("Match lines"), QgsProcessing.TypeVectorLine, optional=True,
             createByDefault=True),
             "Lines from each tie point's reference position to its target position."))
+        # The report is declared as a plain file output, not QgsProcessingOutputHtml: the batch dialog of
+        # QGIS 3.22 fails after the runs when an algorithm has an HTML output (ProcessingResults.addResult()
+        # is called without its 'timestamp' argument).
         self.addParameter(_help(QgsProcessingParameterFileDestination(
             self.REPORT, self.tr("Report (HTML)"), self.tr("HTML files (*.html)"), optional=True,
             createByDefault=True),
-            "Summary, residual figures and a before/after view. A JSON report is written next to it."))
+            "Summary, residual figures and a before/after view. A JSON report is written next to it."),
+            createOutput=False)
+        self.addOutput(QgsProcessingOutputFile(self.REPORT, self.tr("Report (HTML)")))
         self.addOutput(QgsProcessingOutputFile(self.REPORT_JSON, self.tr("Report (JSON)")))
         self.addOutput(QgsProcessingOutputFile(self.CORRECTION, self.tr("Correction (JSON)")))
         self.addOutput(QgsProcessingOutputNumber(self.RMSE_PX, self.tr("RMSE of the inliers (pixels)")))
@@ -111,7 +116,7 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
                 res = pipeline.coregister(ref_path, tgt_path, folder, config, self.monitor(feedback))
             if feedback.isCanceled():
                 raise QgsProcessingException(self.tr("Cancelled: no output was written."))
-            coregistered = engine_output(res, folder, "coregistered", "coregistered.tif")
+            coregistered = engine_output(res, folder, "raster", "coregistered.tif")
             ties = engine_output(res, folder, "tiepoints", "tiepoints.gpkg")
             report_json = engine_output(res, folder, "report", "report.json")
             correction = engine_output(res, folder, "correction", "correction.json")
@@ -147,6 +152,14 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
             f"RMSE {results[self.RMSE_PX]:.3f} px on {results[self.N_INLIERS]:.0f} inliers of "
             f"{results[self.N_TIEPOINTS]:.0f} tie points."))
         return results
+
+
+def rmse_of(report: dict[str, Any]) -> float | None:
+    """RMSE in reference pixels from an engine report: on check points when there are some, else of the fit."""
+    rmse = report.get("rmse_px")
+    if isinstance(rmse, dict):
+        return rmse.get("check") if rmse.get("check") is not None else rmse.get("fit")
+    return rmse
 
 
 def _number(value: Any) -> float:

@@ -13,7 +13,7 @@ from qgis.core import (
 )
 
 from .base import HSSCLAlgorithm, _help
-from .coregister import _number, engine_output, sidecar
+from .coregister import _number, rmse_of, sidecar
 from .outputs import deliver_file, deliver_vector
 
 
@@ -76,18 +76,29 @@ class MatchAlgorithm(HSSCLAlgorithm):
         with self.work_folder() as folder:
             with self.engine_errors(feedback):
                 estimate = pipeline.match(ref_path, tgt_path, config, self.monitor(feedback))
-                written = pipeline.write_match_outputs(estimate, folder)
+                ties, correction = write_estimate(estimate, folder)
             if feedback.isCanceled():
                 raise QgsProcessingException(self.tr("Cancelled: no output was written."))
-            ties = engine_output(written, folder, "tiepoints", "tiepoints.gpkg")
-            correction = engine_output(written, folder, "correction", "correction.json")
             results[self.TIEPOINTS] = deliver_vector(ties, "tiepoints", out_ties)
             if out_matches:
                 results[self.MATCHES] = deliver_vector(ties, "matches", out_matches)
             results[self.CORRECTION] = deliver_file(correction, sidecar(out_ties, ".correction.json")) \
                 if os.path.isfile(correction) else ""
-        report = dict(getattr(estimate, "report", None) or {})
-        results[self.RMSE_PX] = _number(getattr(estimate, "rmse_px", report.get("rmse_px")))
-        results[self.N_TIEPOINTS] = _number(getattr(estimate, "n_tiepoints", report.get("n_tiepoints")))
-        results[self.N_INLIERS] = _number(getattr(estimate, "n_inliers", report.get("n_inliers")))
+        results[self.RMSE_PX] = _number(rmse_of(dict(estimate.report or {})))
+        results[self.N_TIEPOINTS] = float(len(estimate.tiepoints))
+        results[self.N_INLIERS] = float(estimate.tiepoints.n_inliers)
+        feedback.pushInfo(self.tr(f"{results[self.N_TIEPOINTS]:.0f} tie points, {results[self.N_INLIERS]:.0f} "
+                                  f"inliers, RMSE {results[self.RMSE_PX]:.3f} px."))
         return results
+
+
+def write_estimate(estimate: Any, folder: str) -> tuple[str, str]:
+    """Write the tie points (layers 'tiepoints' and 'matches') and the correction of an engine Estimate."""
+    from ...engine.io.vector import write_tiepoints_gpkg
+
+    ties = os.path.join(folder, "tiepoints.gpkg")
+    correction = os.path.join(folder, "correction.json")
+    write_tiepoints_gpkg(ties, estimate.tiepoints.as_table(), estimate.correction.reference,
+                         estimate.correction.target)
+    estimate.correction.save(correction)
+    return ties, correction

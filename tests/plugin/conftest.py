@@ -113,3 +113,9 @@ def wait_for(predicate, timeout: float = 300.0) -> bool:
             return True
         time.sleep(0.01)
     return predicate()
+
+
+@pytest.fixture(params=["fake", pytest.param("real", marks=pytest.mark.slow)])
+def engine(request):
+    """Each Processing test runs with the stand-in pipeline (plumbing) and with the real engine."""
+    return request.getfixturevalue("fake_pipeline" if request.param == "fake" else "real_pipeline")

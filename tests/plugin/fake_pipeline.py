@@ -62,28 +62,64 @@ def coregister(reference, target, outdir, config, monitor=None):
         json.dump(report, f)
     with open(os.path.join(outdir, "correction.json"), "w") as f:
         json.dump({"model": {"type": "shift"}}, f)
-    outputs = {"coregistered": out, "tiepoints": ties, "report": os.path.join(outdir, "report.json"),
+    outputs = {"raster": out, "tiepoints": ties, "report": os.path.join(outdir, "report.json"),
                "correction": os.path.join(outdir, "correction.json")}
     return SimpleNamespace(outputs=outputs, rmse_px=0.42, n_tiepoints=12, n_inliers=10, report=report,
                            config=config)
 
 
+class _Ties:
+    def __init__(self, table):
+        self.table = table
+
+    def __len__(self):
+        return len(self.table["ref_x"])
+
+    @property
+    def n_inliers(self):
+        return int(self.table["inlier"].sum())
+
+    def as_table(self):
+        return self.table
+
+
+class _Correction:
+    def __init__(self, reference, target):
+        from hsscl.engine.io.raster import open_raster_info
+
+        self.reference, self.target = open_raster_info(reference).grid, open_raster_info(target).grid
+
+    def save(self, path):
+        with open(path, "w") as f:
+            json.dump({"model": {"type": "shift"}}, f)
+
+
 def match(image_a, image_b, config, monitor=None):
+    import numpy as np
+
+    from hsscl.engine.io.raster import open_raster_info
+
     _grid(image_a)
     _grid(image_b)
     _work(monitor)
-    return SimpleNamespace(reference=image_a, target=image_b, rmse_px=0.42, n_tiepoints=12, n_inliers=10, report={})
+    ref = open_raster_info(image_a)
+    i = np.arange(12)
+    table = dict(ref_x=(i % 4 + 0.5) * ref.width / 4, ref_y=(i // 4 + 0.5) * ref.height / 3, score=np.full(12, 0.9),
+                 residual_px=0.1 * i, inlier=(i < 10).astype(int), check=(i % 5 == 0).astype(int))
+    table.update(tgt_x=table["ref_x"] + 1.5, tgt_y=table["ref_y"] - 0.5)
+    return SimpleNamespace(tiepoints=_Ties(table), correction=_Correction(image_a, image_b),
+                           report={"rmse_px": {"fit": 0.4, "check": 0.42}})
 
 
-def write_match_outputs(estimate, outdir):
-    ties = write_tiepoints(os.path.join(outdir, "tiepoints.gpkg"), estimate.reference, estimate.target)
-    return SimpleNamespace(outputs={"tiepoints": ties})
+def apply_tiepoints(tiepoints, reference, raster, out, transform="auto", grid="reference", overwrite=False,
+                    monitor=None):
+    from hsscl.engine.io.vector import read_tiepoints_gpkg
 
-
-def apply_tiepoints(tiepoints, reference, raster, out_path, transform="auto", overwrite=False, monitor=None):
+    table = read_tiepoints_gpkg(tiepoints)
     _work(monitor)
-    shutil.copyfile(raster, out_path)
-    return out_path
+    shutil.copyfile(raster, out)
+    return out, {"model": transform, "reason": "fake", "points": int(table["inlier"].sum()),
+                 "rmse_fit_px": 0.3, "rmse_check_px": None}
 
 
-__all__ = ["HSSCLError", "coregister", "match", "apply_tiepoints", "write_match_outputs", "behaviour"]
+__all__ = ["HSSCLError", "coregister", "match", "apply_tiepoints", "behaviour"]

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""Screenshots for the README / docs/plugin.md: the HSSCL dock next to a map canvas with the results of a real
+run (Sentinel-1 SAR co-registered to Sentinel-2 optical, GeFolki patch 11).
+
+Run under a virtual display: ``xvfb-run -a .venv/bin/python scripts/screenshot.py [--data DIR] [--out docs/img]``.
+Writes ``dock_and_canvas.png`` (main window: canvas + dock) and ``canvas_results.png`` (map only).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append("/usr/share/qgis/python/plugins")
+
+
+class MiniInterface:
+    """The parts of QgisInterface the dock uses."""
+
+    def __init__(self, window, canvas, bar) -> None:
+        self._window, self._canvas, self._bar = window, canvas, bar
+
+    def mainWindow(self):  # noqa: N802
+        return self._window
+
+    def mapCanvas(self):  # noqa: N802
+        return self._canvas
+
+    def messageBar(self):  # noqa: N802
+        return self._bar
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("HSSCL_DATA", "/work/shared/data")))
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
+    parser.add_argument("--size", default="1400x820")
+    args = parser.parse_args()
+    ref = args.data / "gefolki_EvalGeFolki" / "S1S2" / "S2_patch11.tif"
+    tgt = args.data / "gefolki_EvalGeFolki" / "S1S2" / "S1_patch11.tif"
+    if not ref.is_file():
+        print(f"screenshot: data not found: {ref}", file=sys.stderr)
+        return 2
+
+    from qgis.core import QgsApplication, QgsLayerTreeModel, QgsProject, QgsRasterLayer
+    from qgis.gui import QgsLayerTreeMapCanvasBridge, QgsLayerTreeView, QgsMapCanvas, QgsMessageBar
+    from qgis.PyQt.QtCore import Qt
+    from qgis.PyQt.QtWidgets import QMainWindow, QSplitter, QVBoxLayout, QWidget
+
+    app = QgsApplication([], True)
+    app.initQgis()
+    from processing.core.Processing import Processing
+
+    Processing.initialize()
+    from hsscl.plugin.dock import HSSCLDock
+    from hsscl.plugin.provider import HSSCLProvider
+
+    provider = HSSCLProvider()
+    QgsApplication.processingRegistry().addProvider(provider)
+
+    width, height = (int(v) for v in args.size.split("x"))
+    window = QMainWindow()
+    window.setWindowTitle("QGIS – HSSCL Co-register")
+    central = QWidget()
+    layout = QVBoxLayout(central)
+    layout.setContentsMargins(0, 0, 0, 0)
+    bar = QgsMessageBar()
+    canvas = QgsMapCanvas()
+    canvas.setCanvasColor(Qt.GlobalColor.white)
+    project = QgsProject.instance()
+    bridge = QgsLayerTreeMapCanvasBridge(project.layerTreeRoot(), canvas)  # noqa: F841 (keeps layers in sync)
+    tree = QgsLayerTreeView()
+    tree.setModel(QgsLayerTreeModel(project.layerTreeRoot()))
+    splitter = QSplitter()
+    splitter.addWidget(tree)
+    splitter.addWidget(canvas)
+    splitter.setSizes([260, width - 260])
+    layout.addWidget(bar)
+    layout.addWidget(splitter)
+    window.setCentralWidget(central)
+    iface = MiniInterface(window, canvas, bar)
+
+    reference = QgsRasterLayer(str(ref), "S2 optical (reference)")
+    target = QgsRasterLayer(str(tgt), "S1 SAR (target)")
+    project.addMapLayers([target, reference])
+    project.layerTreeRoot().findLayer(target.id()).setItemVisibilityChecked(False)
+
+    dock = HSSCLDock(iface, window)
+    window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+    window.resize(width, height)
+    window.show()
+    dock.referenceCombo.setLayer(reference)
+    dock.targetCombo.setLayer(target)
+    dock.deviceCombo.setCurrentIndex(dock.deviceCombo.findData("cpu"))
+    canvas.setDestinationCrs(reference.crs())
+    canvas.setExtent(reference.extent())
+
+    done: list[bool] = []
+    dock.finished.connect(lambda ok, res: done.append(ok))
+    if not dock.run():
+        print(f"screenshot: could not start: {dock.statusLabel.text()}", file=sys.stderr)
+        return 1
+    end = time.monotonic() + 900
+    while not done and time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.02)
+    if not done or not done[0]:
+        print(f"screenshot: the run failed: {dock.statusLabel.text()}", file=sys.stderr)
+        return 1
+    # show the SAR result over the optical reference, half transparent, and the tie points on top
+    coreg = dock.last_layers.get("OUTPUT")
+    if coreg is not None:
+        coreg.renderer().setOpacity(0.55)
+    tree.expandAll()
+    canvas.setExtent(reference.extent())
+    canvas.refreshAllLayers()
+    for _ in range(200):
+        app.processEvents()
+        time.sleep(0.02)
+    canvas.waitWhileRendering()
+    app.processEvents()
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    window.grab().save(str(args.out / "dock_and_canvas.png"))
+    canvas.grab().save(str(args.out / "canvas_results.png"))
+    print(f"screenshot: wrote {args.out / 'dock_and_canvas.png'} and canvas_results.png")
+    dock.cleanup()
+    QgsApplication.processingRegistry().removeProvider(provider)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

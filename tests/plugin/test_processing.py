@@ -1,0 +1,213 @@
+"""``processing.run`` of the three algorithms on real pairs, batch, the example model, qgis_process.
+
+Each test runs twice: with the stand-in pipeline (``[fake]``: Processing plumbing only) and with the real
+engine (``[real]``; skipped, with the reason shown, while engine/pipeline.py is absent)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from qgis.core import (
+    QgsProcessingContext,
+    QgsProcessingFeatureSourceDefinition,
+    QgsProcessingModelAlgorithm,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
+
+from .conftest import ROOT, add_raster, pipeline_available
+
+MODEL = ROOT / "resources" / "models" / "coregister_keep_inliers.model3"
+
+
+def _valid_raster(path, like=None):
+    layer = QgsRasterLayer(str(path), "r")
+    assert layer.isValid(), path
+    if like is not None:
+        assert layer.bandCount() == QgsRasterLayer(like, "t").bandCount()
+    return layer
+
+
+def _tiepoints(path, minimum=1):
+    layer = QgsVectorLayer(str(path), "t", "ogr")
+    assert layer.isValid(), path
+    assert {"ref_x", "ref_y", "tgt_x", "tgt_y", "score", "residual_px", "inlier", "check"} <= set(layer.fields().names())
+    assert layer.featureCount() >= minimum
+    return layer
+
+
+def test_coregister(provider, engine, s1s2_pair, tmp_path):
+    import processing
+
+    ref, tgt = s1s2_pair
+    res = processing.run("hsscl:coregister", {
+        "REFERENCE": ref, "TARGET": tgt, "TRANSFORM": 0, "DEVICE": 1,
+        "OUTPUT": str(tmp_path / "co.tif"), "TIEPOINTS": str(tmp_path / "ties.gpkg"),
+        "MATCHES": str(tmp_path / "lines.gpkg"), "REPORT": str(tmp_path / "report.html")})
+    co = _valid_raster(res["OUTPUT"], like=tgt)
+    assert co.crs() == QgsRasterLayer(ref, "r").crs()
+    ties = _tiepoints(res["TIEPOINTS"], minimum=3)
+    assert ties.crs() == co.crs()
+    assert QgsVectorLayer(res["MATCHES"], "m", "ogr").featureCount() == ties.featureCount()
+    html = open(res["REPORT"], encoding="utf-8").read()
+    assert "<svg" in html and "data:image/png;base64" in html and "After" in html
+    with open(res["REPORT_JSON"], encoding="utf-8") as f:
+        assert isinstance(json.load(f), dict)
+    assert res["N_TIEPOINTS"] >= res["N_INLIERS"] >= 3
+    assert 0 <= res["RMSE_PX"] < 5
+
+
+def test_match_then_apply_edited(provider, engine, s1s2_pair, tmp_path, project):
+    import processing
+
+    ref, tgt = s1s2_pair
+    res = processing.run("hsscl:match", {"REFERENCE": ref, "TARGET": tgt, "TRANSFORM": 1,
+                                         "TIEPOINTS": str(tmp_path / "ties.gpkg"),
+                                         "MATCHES": str(tmp_path / "lines.gpkg")})
+    ties = _tiepoints(res["TIEPOINTS"], minimum=3)
+    assert not (tmp_path / "co.tif").exists()
+    # the user deletes the worst point and applies with the rest, to the target (all bands)
+    QgsProject.instance().addMapLayer(ties)
+    worst = max(ties.getFeatures(), key=lambda f: f["residual_px"] if f["residual_px"] is not None else -1)
+    ties.startEditing()
+    ties.deleteFeature(worst.id())
+    ties.selectAll()
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    out = processing.run("hsscl:apply", {
+        "TIEPOINTS": QgsProcessingFeatureSourceDefinition(ties.id(), True), "REFERENCE": ref,
+        "RASTER": tgt, "TRANSFORM": 1, "OUTPUT": str(tmp_path / "applied.tif")}, context=context)
+    kept = sum(bool(f["inlier"]) for f in ties.getFeatures())
+    ties.rollBack()
+    _valid_raster(out["OUTPUT"], like=tgt)
+    assert out["N_TIEPOINTS"] == kept  # the engine ignores points with inlier = false
+
+
+def test_apply_rejects_layer_without_tiepoint_fields(provider, engine, s1s2_pair, tmp_path):
+    import processing
+    from qgis.core import QgsProcessingException
+
+    ref, tgt = s1s2_pair
+    layer = QgsVectorLayer("Point?crs=EPSG:32631&field=name:string", "pts", "memory")
+    with pytest.raises(QgsProcessingException, match="ref_x"):
+        processing.run("hsscl:apply", {"TIEPOINTS": layer, "REFERENCE": ref, "RASTER": tgt,
+                                       "OUTPUT": str(tmp_path / "x.tif")})
+
+
+def test_batch_of_two_pairs(provider, engine, ben_pairs, tmp_path, qgis_iface):
+    """The batch dialog: two rows (two real pairs) filled in and run."""
+    from processing.gui.BatchAlgorithmDialog import BatchAlgorithmDialog
+    from processing.tools import dataobjects
+    from qgis.core import QgsApplication
+
+    alg = QgsApplication.processingRegistry().createAlgorithmById("hsscl:coregister")
+    dialog = BatchAlgorithmDialog(alg, parent=qgis_iface.mainWindow())
+    panel = dialog.mainWidget()
+    while panel.batchRowCount() < 2:
+        panel.addRow()
+    while panel.batchRowCount() > 2:
+        panel.tblParameters.removeRow(panel.tblParameters.rowCount() - 1)
+        panel.wrappers.pop()
+    context = dataobjects.createContext()
+    col = panel.parameter_to_column
+    for row, (ref, tgt) in enumerate(ben_pairs):
+        panel.wrappers[row][col["REFERENCE"]].setParameterValue(ref, context)
+        panel.wrappers[row][col["TARGET"]].setParameterValue(tgt, context)
+        panel.wrappers[row][col["TRANSFORM"]].setParameterValue(1, context)
+        for name, file in (("OUTPUT", "co.tif"), ("TIEPOINTS", "ties.gpkg"), ("MATCHES", "lines.gpkg"),
+                           ("REPORT", "report.html")):
+            panel.tblParameters.cellWidget(row + 1, col[name]).setValue(str(tmp_path / f"{row}_{file}"))
+    rows = [panel.parametersForRow(r, warnOnInvalid=True) for r in range(panel.batchRowCount())]
+    assert all(ok for _, ok in rows), rows
+    dialog.runAlgorithm()
+    for row in range(2):
+        _valid_raster(tmp_path / f"{row}_co.tif")
+        _tiepoints(tmp_path / f"{row}_ties.gpkg")
+        assert (tmp_path / f"{row}_report.html").is_file()
+    dialog.deleteLater()
+
+
+def test_example_model(provider, engine, s1s2_pair, tmp_path):
+    import processing
+
+    model = QgsProcessingModelAlgorithm()
+    assert model.fromFile(str(MODEL))
+    algs = {c.algorithmId() for c in model.childAlgorithms().values()}
+    assert "hsscl:coregister" in algs and any(a.startswith("native:") for a in algs)
+    ref, tgt = s1s2_pair
+    res = processing.run(model, {
+        "reference": ref, "target": tgt, "transform": 1,
+        "coregister:Co-registered raster": str(tmp_path / "co.tif"),
+        "coregister:Report": str(tmp_path / "report.html"),
+        "inliers:Inlier tie points": str(tmp_path / "inliers.gpkg")})
+    _valid_raster(res["coregister:Co-registered raster"], like=tgt)
+    inliers = QgsVectorLayer(res["inliers:Inlier tie points"], "i", "ogr")
+    assert inliers.isValid() and inliers.featureCount() >= 1
+    assert all(bool(f["inlier"]) for f in inliers.getFeatures())
+
+
+# ---- qgis_process, with the plugin installed from hsscl.zip into a temporary profile -------------------------
+QGIS_PROCESS = "/usr/bin/qgis_process.bin"
+
+
+@pytest.fixture(scope="module")
+def installed_profile(tmp_path_factory):
+    if not os.path.exists(QGIS_PROCESS):
+        pytest.skip("qgis_process is not installed")
+    base = tmp_path_factory.mktemp("qgis_profile")
+    zip_path = base / "hsscl.zip"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "package.py"), "-o", str(zip_path)], check=True,
+                   capture_output=True, timeout=120)
+    plugins = base / "profiles" / "default" / "python" / "plugins"
+    plugins.mkdir(parents=True)
+    with zipfile.ZipFile(zip_path) as zf:
+        names = zf.namelist()
+        assert all(n.startswith("hsscl/") for n in names)
+        assert not any("/tests/" in n or n.startswith("hsscl/bench/") or n.startswith("hsscl/scripts/")
+                       or "__pycache__" in n or n.startswith("hsscl/.") for n in names), names
+        for needed in ("hsscl/__init__.py", "hsscl/metadata.txt", "hsscl/plugin/main.py", "hsscl/ui/dock.ui",
+                       "hsscl/resources/icon.svg", "hsscl/resources/styles/tiepoints.qml",
+                       "hsscl/resources/models/coregister_keep_inliers.model3"):
+            assert needed in names, needed
+        zf.extractall(plugins)
+    env = dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(base), QT_QPA_PLATFORM="offscreen", HOME=str(base))
+    # the Python of qgis_process is the system one: give it the packages of this environment (torch & co.)
+    site = [p for p in sys.path if p.endswith("site-packages") and ".venv" in p]
+    env["PYTHONPATH"] = os.pathsep.join(site + [env.get("PYTHONPATH", "")]).strip(os.pathsep)
+    out = subprocess.run([QGIS_PROCESS, "plugins", "enable", "hsscl"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    return base, env
+
+
+def test_packaged_plugin_loads_in_qgis_process(installed_profile):
+    base, env = installed_profile
+    out = subprocess.run([QGIS_PROCESS, "list"], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    for alg in ("hsscl:coregister", "hsscl:match", "hsscl:apply"):
+        assert alg in out.stdout
+    out = subprocess.run([QGIS_PROCESS, "help", "hsscl:coregister"], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "REFERENCE" in out.stdout and "TRANSFORM" in out.stdout
+
+
+@pytest.mark.slow
+def test_qgis_process_run(installed_profile, s1s2_pair, tmp_path):
+    if not pipeline_available():
+        pytest.skip("hsscl.engine.pipeline is not in this checkout yet")
+    base, env = installed_profile
+    ref, tgt = s1s2_pair
+    cmd = [QGIS_PROCESS, "--json", "run", "hsscl:coregister", "--", f"REFERENCE={ref}", f"TARGET={tgt}",
+           "TRANSFORM=1", "DEVICE=1", f"OUTPUT={tmp_path / 'co.tif'}", f"TIEPOINTS={tmp_path / 'ties.gpkg'}",
+           f"MATCHES={tmp_path / 'lines.gpkg'}", f"REPORT={tmp_path / 'report.html'}"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    results = json.loads(out.stdout[out.stdout.index("{"):])["results"]
+    _valid_raster(results["OUTPUT"], like=tgt)
+    _tiepoints(results["TIEPOINTS"])
+    assert results["N_TIEPOINTS"] >= 3
