@@ -37,7 +37,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("HSSCL_DATA", "/work/shared/data")))
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "img")
-    parser.add_argument("--size", default="1400x820")
+    parser.add_argument("--size", default="1500x820")
     args = parser.parse_args()
     ref = args.data / "gefolki_EvalGeFolki" / "S1S2" / "S2_patch11.tif"
     tgt = args.data / "gefolki_EvalGeFolki" / "S1S2" / "S1_patch11.tif"
@@ -45,7 +45,8 @@ def main() -> int:
         print(f"screenshot: data not found: {ref}", file=sys.stderr)
         return 2
 
-    from qgis.core import QgsApplication, QgsLayerTreeModel, QgsProject, QgsRasterLayer
+    from qgis.core import (QgsApplication, QgsLayerTreeModel, QgsProject, QgsRasterLayer,
+                           QgsSingleBandGrayRenderer)
     from qgis.gui import QgsLayerTreeMapCanvasBridge, QgsLayerTreeView, QgsMapCanvas, QgsMessageBar
     from qgis.PyQt.QtCore import Qt
     from qgis.PyQt.QtWidgets import QMainWindow, QSplitter, QVBoxLayout, QWidget
@@ -73,18 +74,19 @@ def main() -> int:
     project = QgsProject.instance()
     bridge = QgsLayerTreeMapCanvasBridge(project.layerTreeRoot(), canvas)  # noqa: F841 (keeps layers in sync)
     tree = QgsLayerTreeView()
-    tree.setModel(QgsLayerTreeModel(project.layerTreeRoot()))
+    tree_model = QgsLayerTreeModel(project.layerTreeRoot(), tree)
+    tree.setModel(tree_model)
     splitter = QSplitter()
     splitter.addWidget(tree)
     splitter.addWidget(canvas)
-    splitter.setSizes([260, width - 260])
+    splitter.setSizes([320, width - 320])
     layout.addWidget(bar)
     layout.addWidget(splitter)
     window.setCentralWidget(central)
     iface = MiniInterface(window, canvas, bar)
 
-    reference = QgsRasterLayer(str(ref), "S2 optical (reference)")
-    target = QgsRasterLayer(str(tgt), "S1 SAR (target)")
+    reference = QgsRasterLayer(str(ref), "S2 optical")
+    target = QgsRasterLayer(str(tgt), "S1 SAR")
     project.addMapLayers([target, reference])
     project.layerTreeRoot().findLayer(target.id()).setItemVisibilityChecked(False)
 
@@ -113,7 +115,10 @@ def main() -> int:
     # show the SAR result over the optical reference, half transparent, and the tie points on top
     coreg = dock.last_layers.get("OUTPUT")
     if coreg is not None:
-        coreg.renderer().setOpacity(0.55)
+        gray = QgsSingleBandGrayRenderer(coreg.dataProvider(), 1)
+        coreg.setRenderer(gray)
+        coreg.setDefaultContrastEnhancement()
+        coreg.renderer().setOpacity(0.5)
     tree.expandAll()
     canvas.setExtent(reference.extent())
     canvas.refreshAllLayers()
@@ -129,7 +134,8 @@ def main() -> int:
     print(f"screenshot: wrote {args.out / 'dock_and_canvas.png'} and canvas_results.png")
     dock.cleanup()
     QgsApplication.processingRegistry().removeProvider(provider)
-    return 0
+    sys.stdout.flush()
+    os._exit(0)  # skip Qt/QGIS tear-down order issues at interpreter exit
 
 
 if __name__ == "__main__":
