@@ -9,7 +9,6 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsCoordinateReferenceSystem,
-    QgsMapLayerProxyModel,
     QgsProcessing,
     QgsProcessingAlgRunnerTask,
     QgsProcessingContext,
@@ -24,6 +23,7 @@ from qgis.PyQt.QtCore import pyqtSignal, pyqtSlot
 from qgis.PyQt.QtWidgets import QApplication
 
 from . import deps
+from .compat import POINT_LAYERS, RASTER_LAYERS
 from .algorithms.base import DEVICES, GRIDS, TRANSFORMS
 from .hints import hint_text
 from .layers import add_raster, add_results
@@ -66,14 +66,14 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):
         self.last_layers: dict = {}
 
         for combo in (self.referenceCombo, self.targetCombo, self.applyRasterCombo):
-            combo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        self.tiePointsCombo.setFilters(QgsMapLayerProxyModel.PointLayer)
+            combo.setFilters(RASTER_LAYERS)
+        self.tiePointsCombo.setFilters(POINT_LAYERS)
         self.tiePointsCombo.setAllowEmptyLayer(True)
         for combo, pairs in ((self.transformCombo, TRANSFORMS), (self.gridCombo, GRIDS),
                              (self.deviceCombo, DEVICES), (self.defaultDeviceCombo, DEVICES)):
             for value, label in pairs:
                 combo.addItem(label, value)
-        self.outputFolder.setStorageMode(QgsFileWidget.GetDirectory)
+        self.outputFolder.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.outputFolder.lineEdit().setPlaceholderText("temporary folder")
         self.weightsWidget.setFilter("Weights (*.safetensors)")
         self.weightsWidget.lineEdit().setPlaceholderText("bundled weights")

@@ -1,10 +1,12 @@
 """Map tool to draw the rectangle that matching is restricted to."""
 from __future__ import annotations
 
-from qgis.core import QgsCoordinateReferenceSystem, QgsGeometry, QgsRectangle, QgsWkbTypes
+from qgis.core import QgsCoordinateReferenceSystem, QgsGeometry, QgsRectangle
 from qgis.gui import QgsMapCanvas, QgsMapToolExtent, QgsRubberBand
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtGui import QColor
+
+from .compat import POLYGON
 
 
 class MatchExtentTool(QgsMapToolExtent):
@@ -15,7 +17,7 @@ class MatchExtentTool(QgsMapToolExtent):
     def __init__(self, canvas: QgsMapCanvas) -> None:
         super().__init__(canvas)
         self._canvas = canvas
-        self.band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+        self.band = QgsRubberBand(canvas, POLYGON)
         self.band.setStrokeColor(QColor(242, 193, 46))
         self.band.setFillColor(QColor(242, 193, 46, 40))
         self.band.setWidth(2)
@@ -28,7 +30,7 @@ class MatchExtentTool(QgsMapToolExtent):
         self.extentDrawn.emit(QgsRectangle(rect), self._canvas.mapSettings().destinationCrs())
 
     def show_extent(self, rect: QgsRectangle | None) -> None:
-        self.band.reset(QgsWkbTypes.PolygonGeometry)
+        self.band.reset(POLYGON)
         if rect is not None and not rect.isEmpty():
             self.band.setToGeometry(QgsGeometry.fromRect(rect), None)
 
@@ -38,6 +40,6 @@ class MatchExtentTool(QgsMapToolExtent):
             self._canvas.unsetMapTool(self)
         self.clearRubberBand()
         if self.band is not None:
-            self.band.reset(QgsWkbTypes.PolygonGeometry)
+            self.band.reset(POLYGON)
             self._canvas.scene().removeItem(self.band)
             self.band = None

@@ -110,12 +110,15 @@ def png_data_uri(rgb: np.ndarray) -> str:
 
 
 # ---- figures ----------------------------------------------------------------------------------------------
-def _residual_colour(r: float, scale: float) -> str:
-    t = min(max(r / scale, 0.0), 1.0) if scale > 0 else 0.0
-    # green -> yellow -> red
-    red = int(255 * min(1.0, 2 * t))
-    green = int(255 * min(1.0, 2 * (1 - t)))
-    return f"rgb({red},{green},40)"
+# same classes and colours as resources/styles/tiepoints.qml
+RESIDUAL_CLASSES = ((0.5, "#1a9641"), (1.0, "#a6d96a"), (2.0, "#ffffbf"), (5.0, "#fdae61"), (math.inf, "#d7191c"))
+
+
+def _residual_colour(r: float) -> str:
+    for upper, colour in RESIDUAL_CLASSES:
+        if r <= upper:
+            return colour
+    return RESIDUAL_CLASSES[-1][1]
 
 
 def _num(row: dict, key: str, default: float = float("nan")) -> float:
@@ -132,10 +135,9 @@ def tiepoints_svg(rows: list[dict[str, Any]], width: int, height: int, size: int
         return "<p>No tie points.</p>"
     s = size / max(width, height)
     w, h = width * s, height * s
-    residuals = [_num(r, "residual_px") for r in rows if _num(r, "inlier", 1) and math.isfinite(_num(r, "residual_px"))]
-    scale = max(1.0, float(np.percentile(residuals, 95))) if residuals else 1.0
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w:.0f}" height="{h:.0f}" '
-             f'viewBox="0 0 {w:.1f} {h:.1f}"><rect width="100%" height="100%" fill="#f4f4f4" stroke="#999"/>']
+             f'viewBox="0 0 {w:.1f} {h:.1f}"><rect x="0" y="0" width="{w:.1f}" height="{h:.1f}" fill="#f4f4f4" '
+             'stroke="#999"/>']
     for r in rows:
         x, y = _num(r, "ref_x") * s, _num(r, "ref_y") * s
         if not (math.isfinite(x) and math.isfinite(y)):
@@ -143,7 +145,7 @@ def tiepoints_svg(rows: list[dict[str, Any]], width: int, height: int, size: int
         res = _num(r, "residual_px", 0.0)
         if _num(r, "inlier", 1):
             shape = "rect" if _num(r, "check", 0) else "circle"
-            colour = _residual_colour(res, scale)
+            colour = _residual_colour(res)
             if shape == "rect":
                 parts.append(f'<rect x="{x - 3:.1f}" y="{y - 3:.1f}" width="6" height="6" fill="{colour}" '
                              f'stroke="#333" stroke-width="0.6"><title>check point, residual {res:.2f} px</title></rect>')
@@ -219,7 +221,8 @@ def build_report_html(report: dict[str, Any], tiepoints_gpkg: str, reference: st
     parts.append(f"<p><b>{len(rows)}</b> tie points, <b>{n_in}</b> inliers.</p>")
     parts.append("<h2>Tie points</h2>")
     parts.append(f"<figure>{tiepoints_svg(rows, width, height)}<figcaption>Tie points on the reference "
-                 "(green: small residual, red: large; squares: check points; crosses: outliers)"
+                 "(residual ≤ 0.5 px dark green, ≤ 1 light green, ≤ 2 yellow, ≤ 5 orange, more red; squares: check "
+                 "points; crosses: outliers)"
                  "</figcaption></figure>")
     parts.append(f"<figure>{histogram_svg(rows)}<figcaption>Residuals of the inliers</figcaption></figure>")
     ref_img = preview(reference, reference)

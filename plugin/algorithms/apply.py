@@ -6,7 +6,6 @@ from typing import Any
 
 from qgis.core import (
     QgsFeatureRequest,
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputNumber,
     QgsProcessingParameterEnum,
@@ -16,6 +15,7 @@ from qgis.core import (
     QgsVectorFileWriter,
 )
 
+from ..compat import VECTOR_POINT, WRITER_NO_ERROR
 from .base import GRIDS, TRANSFORMS, HSSCLAlgorithm, _help, _labels
 from .coregister import _number
 from .outputs import deliver_raster
@@ -49,7 +49,7 @@ class ApplyAlgorithm(HSSCLAlgorithm):
 
     def initAlgorithm(self, config=None):  # noqa: N802
         self.addParameter(_help(QgsProcessingParameterFeatureSource(
-            self.TIEPOINTS, self.tr("Tie points"), [QgsProcessing.TypeVectorPoint]),
+            self.TIEPOINTS, self.tr("Tie points"), [VECTOR_POINT]),
             "A tie point layer from HSSCL (fields ref_x, ref_y, tgt_x, tgt_y). Only the selected points are "
             "used when 'Selected features only' is ticked; deleted points are gone; points whose 'inlier' "
             "field is 0 (false) are ignored, so set it to 1 to bring an outlier back."))
@@ -115,7 +115,7 @@ class ApplyAlgorithm(HSSCLAlgorithm):
         options.layerName = "tiepoints"
         writer = QgsVectorFileWriter.create(path, source.fields(), source.wkbType(), source.sourceCrs(),
                                             context.transformContext(), options)
-        if writer.hasError() != QgsVectorFileWriter.NoError:
+        if writer.hasError() != WRITER_NO_ERROR:
             raise QgsProcessingException(f"Could not write the tie points: {writer.errorMessage()}")
         for feature in source.getFeatures(QgsFeatureRequest()):
             if feedback.isCanceled():

@@ -32,6 +32,7 @@ from qgis.core import (
 from qgis.PyQt.QtGui import QIcon
 
 from .. import deps
+from ..compat import ALG_CAN_CANCEL, NUMBER_INTEGER, PARAM_ADVANCED
 from ..settings import PluginSettings
 
 ICON = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "resources", "icon.svg")
@@ -56,7 +57,7 @@ def _labels(pairs: tuple[tuple[str, str], ...]) -> list[str]:
 
 
 def _advanced(param: QgsProcessingParameterDefinition) -> QgsProcessingParameterDefinition:
-    param.setFlags(param.flags() | QgsProcessingParameterDefinition.FlagAdvanced)
+    param.setFlags(param.flags() | PARAM_ADVANCED)
     return param
 
 
@@ -112,7 +113,7 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
         return "https://github.com/hsscl/hsscl-coregister/blob/main/docs/plugin.md"
 
     def flags(self):
-        return super().flags() | QgsProcessingAlgorithm.FlagCanCancel
+        return super().flags() | ALG_CAN_CANCEL
 
     def canExecute(self) -> tuple[bool, str]:  # noqa: N802
         status = deps.check()
@@ -175,7 +176,7 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
             self.DENOISE, self.tr("Denoise before matching"), defaultValue=True),
             "Block-wise adaptive denoising (speckle reduction for SAR) before computing descriptors.")))
         self.addParameter(_advanced(_help(QgsProcessingParameterNumber(
-            self.THREADS, self.tr("CPU threads (0 = automatic)"), QgsProcessingParameterNumber.Integer,
+            self.THREADS, self.tr("CPU threads (0 = automatic)"), NUMBER_INTEGER,
             defaultValue=settings.threads, minValue=0, maxValue=1024),
             "Number of CPU threads for PyTorch and GDAL. 0 uses the plugin setting or all cores.")))
         self.addParameter(_advanced(_help(QgsProcessingParameterFile(
@@ -183,7 +184,7 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
             defaultValue=settings.weights or None, optional=True),
             "Other weights for the descriptor network. Empty: the weights that ship with the plugin.")))
         self.addParameter(_advanced(_help(QgsProcessingParameterNumber(
-            self.SEED, self.tr("Random seed"), QgsProcessingParameterNumber.Integer, defaultValue=0,
+            self.SEED, self.tr("Random seed"), NUMBER_INTEGER, defaultValue=0,
             minValue=0),
             "Seed of the robust fitting, so that a run can be repeated exactly.")))
 

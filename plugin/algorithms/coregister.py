@@ -6,7 +6,6 @@ import os
 from typing import Any
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
@@ -15,6 +14,7 @@ from qgis.core import (
     QgsProcessingParameterVectorDestination,
 )
 
+from ..compat import VECTOR_LINE, VECTOR_POINT
 from .base import HSSCLAlgorithm, _help
 from .outputs import deliver_file, deliver_raster, deliver_vector
 
@@ -75,11 +75,11 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
             self.OUTPUT, self.tr("Co-registered raster")),
             "The target, corrected, with all its bands (GeoTIFF unless another extension is chosen)."))
         self.addParameter(_help(QgsProcessingParameterVectorDestination(
-            self.TIEPOINTS, self.tr("Tie points"), QgsProcessing.TypeVectorPoint),
+            self.TIEPOINTS, self.tr("Tie points"), VECTOR_POINT),
             "Points at the reference position with fields ref_x, ref_y, tgt_x, tgt_y (pixels), score, "
             "residual_px, inlier and check. Edit it and use 'Apply tie points to a raster' to re-warp."))
         self.addParameter(_help(QgsProcessingParameterVectorDestination(
-            self.MATCHES, self.tr("Match lines"), QgsProcessing.TypeVectorLine, optional=True,
+            self.MATCHES, self.tr("Match lines"), VECTOR_LINE, optional=True,
             createByDefault=True),
             "Lines from each tie point's reference position to its target position."))
         # The report is declared as a plain file output, not QgsProcessingOutputHtml: the batch dialog of

@@ -5,13 +5,13 @@ import os
 from typing import Any
 
 from qgis.core import (
-    QgsProcessing,
     QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
     QgsProcessingParameterVectorDestination,
 )
 
+from ..compat import VECTOR_LINE, VECTOR_POINT
 from .base import HSSCLAlgorithm, _help
 from .coregister import _number, rmse_of, sidecar
 from .outputs import deliver_file, deliver_vector
@@ -49,11 +49,11 @@ class MatchAlgorithm(HSSCLAlgorithm):
         self.add_transform_parameter()
         self.add_matching_parameters()
         self.addParameter(_help(QgsProcessingParameterVectorDestination(
-            self.TIEPOINTS, self.tr("Tie points"), QgsProcessing.TypeVectorPoint),
+            self.TIEPOINTS, self.tr("Tie points"), VECTOR_POINT),
             "Points at the reference position with fields ref_x, ref_y, tgt_x, tgt_y (pixels), score, "
             "residual_px, inlier and check."))
         self.addParameter(_help(QgsProcessingParameterVectorDestination(
-            self.MATCHES, self.tr("Match lines"), QgsProcessing.TypeVectorLine, optional=True,
+            self.MATCHES, self.tr("Match lines"), VECTOR_LINE, optional=True,
             createByDefault=True),
             "Lines from each tie point's reference position to its target position."))
         self.addOutput(QgsProcessingOutputFile(self.CORRECTION, self.tr("Correction (JSON)")))

@@ -86,6 +86,7 @@ def test_run_adds_styled_results(dock, pair_layers, fake_pipeline, qgis_iface, t
     assert os.path.dirname(results["OUTPUT"]) == str(tmp_path)
 
 
+@pytest.mark.slow
 def test_run_real_pipeline(dock, pair_layers, real_pipeline, qgis_iface):
     """The same through the real engine (temporary outputs)."""
     reference, target = pair_layers
@@ -147,6 +148,7 @@ def test_cancel_stops_and_leaves_no_output(dock, pair_layers, fake_pipeline, tmp
     assert not dock.last_layers
 
 
+@pytest.mark.slow
 def test_cancel_real_pipeline(dock, pair_layers, real_pipeline, tmp_path):
     reference, target = pair_layers
     choose(dock, reference, target)

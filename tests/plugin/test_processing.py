@@ -20,7 +20,7 @@ from qgis.core import (
     QgsVectorLayer,
 )
 
-from .conftest import ROOT, add_raster, pipeline_available
+from .conftest import ROOT, pipeline_available
 
 MODEL = ROOT / "resources" / "models" / "coregister_keep_inliers.model3"
 
