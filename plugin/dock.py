@@ -192,7 +192,7 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):
         if not folder:
             return QgsProcessing.TEMPORARY_OUTPUT
         os.makedirs(folder, exist_ok=True)
-        return os.path.join(folder, name)
+        return _unused_path(os.path.join(folder, name))
 
     def coregister_parameters(self) -> dict[str, Any]:
         reference, target = self.referenceCombo.currentLayer(), self.targetCombo.currentLayer()
@@ -351,6 +351,16 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):
             self.extent_tool.remove()
             self.extent_tool.deleteLater()
             self.extent_tool = None
+
+
+def _unused_path(path: str) -> str:
+    """``out.tif`` or, when it exists (perhaps loaded in the project), ``out_2.tif``, ``out_3.tif``..."""
+    stem, ext = os.path.splitext(path)
+    candidate, n = path, 1
+    while os.path.exists(candidate):
+        n += 1
+        candidate = f"{stem}_{n}{ext}"
+    return candidate
 
 
 def _safe(name: str) -> str:

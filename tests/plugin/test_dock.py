@@ -204,3 +204,13 @@ def test_settings_roundtrip(dock):
     s = PluginSettings.load()
     assert s.device == "cpu" and s.threads == 4
     PluginSettings().save()
+
+
+def test_output_names_do_not_clobber(dock, pair_layers, tmp_path):
+    reference, target = pair_layers
+    choose(dock, reference, target)
+    dock.outputFolder.setFilePath(str(tmp_path))
+    first = dock.coregister_parameters()["OUTPUT"]
+    assert first == str(tmp_path / "S1_SAR_coregistered.tif")
+    open(first, "w").close()
+    assert dock.coregister_parameters()["OUTPUT"] == str(tmp_path / "S1_SAR_coregistered_2.tif")
