@@ -67,7 +67,7 @@ def step_losses(model: HSSCLNet, batch, cfg: TrainConfig, gen: torch.Generator, 
         terms["mined_rate"] = float(acc.float().mean())
         terms["mined_shift_px"] = float(shift[acc].norm(dim=1).mean()) if bool(acc.any()) else 0.0
     total = fa["fine"].new_zeros(())
-    feats, doms = [], []
+    coral_total = fa["fine"].new_zeros(())
     strides = model.config.strides
     for i, lv in enumerate(LEVELS):
         loss, st = info_nce(fa[lv], fb[lv], batch.va, batch.vb, batch.H, strides[lv], cfg.points[i], cfg.tau,
@@ -75,14 +75,13 @@ def step_losses(model: HSSCLNet, batch, cfg: TrainConfig, gen: torch.Generator, 
         total = total + cfg.level_weights[i] * loss
         terms[f"nce_{lv}"] = float(loss.detach())
         terms[f"acc_{lv}"] = st["acc"]
-        fa_ok, fb_ok = st["feats"]
-        ok = st["ok"]
-        feats += [fa_ok, fb_ok]
-        doms += [batch.dom_a.to(device)[:, None].expand_as(ok)[ok], batch.dom_b.to(device)[:, None].expand_as(ok)[ok]]
+        if cfg.coral_weight > 0:  # per level (levels may differ in width), sensor/source as domain label
+            ok = st["ok"]
+            doms = [batch.dom_a.to(device)[:, None].expand_as(ok)[ok], batch.dom_b.to(device)[:, None].expand_as(ok)[ok]]
+            coral_total = coral_total + coral(list(st["feats"]), doms)
     if cfg.coral_weight > 0:
-        c = coral(feats, doms)
-        total = total + cfg.coral_weight * c
-        terms["coral"] = float(c.detach())
+        total = total + cfg.coral_weight * coral_total
+        terms["coral"] = float(coral_total.detach())
     terms["loss"] = float(total.detach())
     return total, terms
 
