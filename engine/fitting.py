@@ -10,6 +10,8 @@ from .geometry.robust import choose_model, magsac
 from .geometry.transforms import Transform, fit_model, min_points
 
 CHECK_FRACTION = 0.2
+MIN_INLIERS = 8
+MIN_INLIER_RATIO = 0.2
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,12 @@ def fit_correction(ref_xy: np.ndarray, tgt_xy: np.ndarray, score: np.ndarray, ki
     if robust and kind != "affine":
         fit = magsac(ref_xy, tgt_xy, kind, max_threshold=thr, prior=np.clip(score, 0.05, 1), seed=seed)
         inl = fit.inlier
+    n_in = int(inl.sum())
+    if robust and (n_in < max(MIN_INLIERS, min_points(kind) + 3) or n_in < MIN_INLIER_RATIO * n):
+        raise NotEnoughMatchesError(
+            f"Too few consistent tie points: {n_in} of {n} agree with one geometry.",
+            "The images may be too different or show too little common structure; try other bands, "
+            "a larger area, or check that they show the same ground.")
     # hold out check points (seeded), only when enough inliers remain for a stable fit
     check = np.zeros(n, bool)
     idx = np.flatnonzero(inl)

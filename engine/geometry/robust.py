@@ -73,7 +73,8 @@ def magsac(src: np.ndarray, dst: np.ndarray, kind: str = "affine", max_threshold
         idx = rng.choice(n, size=k, replace=False, p=p)
         s = src[idx]
         if k == 3:
-            area = abs(np.cross(s[1] - s[0], s[2] - s[0]))
+            u, v = s[1] - s[0], s[2] - s[0]
+            area = abs(u[0] * v[1] - u[1] * v[0])
             if area < 1.0:
                 continue
         try:

@@ -65,7 +65,7 @@ def coarse_search(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
     center = np.array([W / 2.0, H / 2.0])
     # 2-degree / 2.5 % steps: the residual (<= 1 degree, 1.25 %) is absorbed by the fine search radius
     rots = _steps(max_rotation_deg - 1.0, 2.0) if max_rotation_deg > 1.0 else [0.0]
-    scales = [1.0 + s for s in _steps(max(max_scale - 0.0125, 0.0), 0.025)]
+    scales = [1.0 + s for s in _steps(max(max_scale - 0.025, 0.0), 0.025)]
     cands = [(r, s) for s in scales for r in rots]
     # canvas: reference frame extended by m coarse pixels on each side
     grid = pixel_grid(h + 2 * m, w + 2 * m, device=ref.device) - m  # coarse ref coords
@@ -83,8 +83,12 @@ def coarse_search(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
         warped = sample(d_m, xy_c)
         wvalid = sample(mv_c.float(), xy_c) > 0.99
         n = len(batch)
-        z, _ = masked_zncc(d_r.expand(n, -1, -1, -1), rv_c.expand(n, -1, -1, -1), warped, wvalid,
-                           min_overlap=0.3)
+        z, cnt = masked_zncc(d_r.expand(n, -1, -1, -1), rv_c.expand(n, -1, -1, -1), warped, wvalid,
+                             min_overlap=0.3)
+        # rank by significance: the spread of ZNCC between unrelated images shrinks as 1/sqrt(overlap),
+        # so a peak over a small overlap must be higher to count as much
+        full = rv_c.float().sum().clamp(min=1.0)
+        z = torch.where(z > -1.0, z * torch.sqrt(cnt / full), z)
         off, peak, second = subpixel_peak(z, exclusion=2)
         for k, (r, s) in enumerate(batch):
             results.append((float(peak[k]), float(peak[k] - second[k]), r, s, off[k].tolist()))

@@ -24,12 +24,14 @@ class FineMatches:
     mov_xy: np.ndarray      # (N, 2) moving pixels
     score: np.ndarray       # (N,) ZNCC at the peak
     distinct: np.ndarray    # (N,) peak minus best other peak
+    n_windows: int = 0      # windows that could be evaluated (valid template and search window)
 
     def __len__(self) -> int:
         return len(self.ref_xy)
 
     def subset(self, keep: np.ndarray) -> FineMatches:
-        return FineMatches(self.ref_xy[keep], self.mov_xy[keep], self.score[keep], self.distinct[keep])
+        return FineMatches(self.ref_xy[keep], self.mov_xy[keep], self.score[keep], self.distinct[keep],
+                           self.n_windows)
 
     @staticmethod
     def empty() -> FineMatches:
@@ -65,9 +67,18 @@ def warp_to_reference(mov: torch.Tensor, mov_valid: torch.Tensor, model: Transfo
     return w, v
 
 
+def _patches(x: torch.Tensor, ys: np.ndarray, xs: np.ndarray, size: int) -> torch.Tensor:
+    """Square patches with top-left corners (xs, ys) of x (1, C, H, W), gathered at once -> (B, C, size, size)."""
+    r = torch.arange(size, device=x.device)
+    iy = torch.as_tensor(ys, device=x.device).view(-1, 1, 1) + r.view(1, -1, 1)
+    ix = torch.as_tensor(xs, device=x.device).view(-1, 1, 1) + r.view(1, 1, -1)
+    return x[0][:, iy, ix].permute(1, 0, 2, 3).contiguous()
+
+
 def fine_match(ref_desc: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mov_valid: torch.Tensor,
                model: Transform, centres: np.ndarray, template: int, radius: int, descriptor,
-               batch: int = 128, min_valid: float = 0.7, monitor=None) -> FineMatches:
+               batch: int = 128, min_valid: float = 0.7, min_search_valid: float = 0.95,
+               monitor=None) -> FineMatches:
     """Match templates at ``centres`` (reference pixel centres).
 
     Shapes: ref_desc (1,C,H,W) descriptor of the reference; ref_valid (1,1,H,W) bool;
@@ -85,7 +96,7 @@ def fine_match(ref_desc: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tenso
     x0 = (centres[:, 0] - 0.5).astype(int) - half
     y0 = (centres[:, 1] - 0.5).astype(int) - half
     ok = (x0 >= 0) & (y0 >= 0) & (x0 + template <= W) & (y0 + template <= H)
-    ii = np.pad(ref_valid[0, 0].numpy().astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    ii = np.pad(ref_valid[0, 0].cpu().numpy().astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
     xa, ya = x0.clip(0, W - template), y0.clip(0, H - template)
     xb, yb = xa + template, ya + template
     frac = (ii[yb, xb] - ii[ya, xb] - ii[yb, xa] + ii[ya, xa]) / template ** 2
@@ -93,15 +104,20 @@ def fine_match(ref_desc: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tenso
     centres, x0, y0 = centres[ok], x0[ok], y0[ok]
     s = template + 2 * radius
     out = []
+    n_windows = 0
     for i in range(0, len(centres), batch):
         xs, ys = x0[i:i + batch], y0[i:i + batch]
-        tpl = torch.stack([ref_desc[0, :, y:y + template, x:x + template] for x, y in zip(xs, ys)])
-        tm = torch.stack([ref_valid[0, :, y:y + template, x:x + template] for x, y in zip(xs, ys)])
-        sr = torch.stack([d_mov[0, :, y:y + s, x:x + s] for x, y in zip(xs, ys)])
-        sm = torch.stack([wvalid[0, :, y:y + s, x:x + s] for x, y in zip(xs, ys)])
+        tpl = _patches(ref_desc, ys, xs, template)
+        tm = _patches(ref_valid, ys, xs, template)
+        sr = _patches(d_mov, ys, xs, s)
+        sm = _patches(wvalid, ys, xs, s)
         z, _ = masked_zncc(tpl, tm, sr, sm, min_overlap=0.6)
         off, peak, second = subpixel_peak(z, exclusion=2)
-        out.append((off.double().numpy() - radius, peak.numpy(), (peak - second).numpy()))
+        # a search window cut by the target's edge gives peaks that follow the edge, not the content
+        cut = sm.float().mean(dim=(1, 2, 3)) < min_search_valid
+        n_windows += int((~cut).sum())
+        peak = torch.where(cut, torch.full_like(peak, -1.0), peak)
+        out.append((off.double().cpu().numpy() - radius, peak.cpu().numpy(), (peak - second).cpu().numpy()))
         if monitor is not None:
             monitor.report(min(1.0, (i + batch) / len(centres)), "fine matching")
     if not out:
@@ -111,4 +127,4 @@ def fine_match(ref_desc: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tenso
     dist = np.concatenate([o[2] for o in out])
     good = peak > -1.0
     c = centres[good]
-    return FineMatches(c, model(c + d[good]), peak[good], dist[good])
+    return FineMatches(c, model(c + d[good]), peak[good], dist[good], n_windows)

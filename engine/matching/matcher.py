@@ -17,7 +17,9 @@ import torch
 
 from ..errors import NotEnoughMatchesError
 from ..geometry.robust import magsac
+from ..geometry.transforms import Affine
 from .coarse import coarse_search
+from .sampling import downsample
 from .fine import FineMatches, fine_match, grid_centres
 
 
@@ -30,9 +32,11 @@ class MatchSettings:
     max_template: int = 96
     min_template: int = 32
     max_points_pass1: int = 128
-    max_points_pass2: int = 400
+    max_points_pass2: int = 300
     min_inliers: int = 6
-    min_inlier_ratio: float = 0.25
+    min_inlier_ratio: float = 0.15
+    decoy_factor: float = 2.0
+    min_evidence: int = 20         # agreeing windows needed unless they are a clear majority (>= 60 %)
     seed: int = 0
 
 
@@ -77,40 +81,76 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
                            distinctiveness=round(c.distinctiveness, 3)) for c in coarse.candidates]
     diag["coarse_factor"] = round(coarse.factor, 3)
     t1 = time.perf_counter()
-    ref_desc = descriptor(ref, ref_valid)
-    radius1 = int(np.clip(math.ceil(2.5 * coarse.factor) + 6, 8, 20))
-    sp1 = _spacing(H, W, tpl, settings.max_points_pass1, tpl / 3)
-    centres1 = grid_centres(W, H, tpl, sp1)
+    # pass 1 (verification) runs at half resolution on larger images: it needs ~1 px, not sub-pixel
+    lv = 2.0 if min(H, W) >= 384 else 1.0
+    ref1, rv1 = downsample(ref, lv), downsample(ref_valid.float(), lv) > 0.99
+    mov1, mv1 = downsample(mov, lv), downsample(mov_valid.float(), lv) > 0.99
+    h1, w1 = ref1.shape[-2:]
+    sx, sy = W / w1, H / h1
+    scale1 = np.array([sx, sy])
+    ref_desc1 = descriptor(ref1, rv1)
+    tpl1 = max(settings.min_template, int(round(tpl / lv / 8) * 8))
+    radius1 = int(np.clip(math.ceil((2.5 * coarse.factor + 6) / lv), 6, 20))
+    sp1 = _spacing(h1, w1, tpl1, settings.max_points_pass1, tpl1 / 3)
+    centres1 = grid_centres(w1, h1, tpl1, sp1)
+    mscale = np.array([mov.shape[-1] / mov1.shape[-1], mov.shape[-2] / mov1.shape[-2]])
     best = None
     ctx = monitor.stage(0.3, 0.7, "verifying candidates") if monitor else _null()
     with ctx as mon:
         for k, cand in enumerate(coarse.candidates):
-            fm = fine_match(ref_desc, ref_valid, mov, mov_valid, cand.model, centres1, tpl, radius1, descriptor)
+            model1 = _scaled(cand.model, scale1, mscale)
+            fm = fine_match(ref_desc1, rv1, mov1, mv1, model1, centres1, tpl1, radius1, descriptor)
+            fm = FineMatches(fm.ref_xy * scale1, fm.mov_xy * mscale, fm.score, fm.distinct, fm.n_windows)
             try:
                 fit = magsac(fm.ref_xy, fm.mov_xy, "affine", max_threshold=3.0, prior=np.clip(fm.score, 0.05, 1),
                              seed=settings.seed)
             except NotEnoughMatchesError:
                 continue
-            ratio = fit.n_inliers / max(len(fm), 1)
+            ratio = fit.n_inliers / max(fm.n_windows, 1)  # share of evaluated windows, not of surviving peaks
             key = (fit.n_inliers, ratio)
             if best is None or key > best[0]:
                 best = (key, fit, fm, k)
             if mon:
                 mon.report((k + 1) / len(coarse.candidates), "verifying candidates")
-            if fit.n_inliers >= 12 and ratio >= 0.5:
+            if fit.n_inliers >= 12 and ratio >= 0.4:
                 break  # convincing: no need to look at the runners-up
     if best is None or best[0][0] < settings.min_inliers or best[0][1] < settings.min_inlier_ratio:
         n_in = 0 if best is None else best[0][0]
-        n_all = 0 if best is None else len(best[2])
+        n_all = 0 if best is None else best[2].n_windows
         raise NotEnoughMatchesError(
-            f"No consistent alignment found: {n_in} of {n_all} tie point candidates agree.",
+            f"No consistent alignment found: {n_in} of {n_all} matching windows agree.",
             "The images may not show the same ground, the misregistration may exceed the search range "
             f"(±{settings.max_shift_px:.0f} px, ±{settings.max_rotation_deg:g}°), or the images may be too different; "
             "try a larger search range, other bands, or an extent where both images have clear structure.")
     (n1, r1), fit1, fm1, kbest = best
-    diag["pass1"] = dict(candidate=kbest, template=tpl, radius=radius1, points=len(fm1), inliers=int(n1),
+    # Control: the same test under a decoy model, shifted well outside the search radius. Matches that
+    # "agree" there come from the images' texture, not from the alignment (smooth or repetitive images,
+    # noise); the winner must beat the decoy clearly.
+    off = 2.5 * radius1 * float(scale1.mean())  # far outside the search window: no true match can be found
+    rd = 0.0
+    base = coarse.candidates[kbest].model
+    for sx_, sy_ in ((1, -1), (-1, 1)):
+        decoy = base.compose(Affine.from_array(np.array([[1, 0, sx_ * off], [0, 1, sy_ * off]], float)))
+        fmd = fine_match(ref_desc1, rv1, mov1, mv1, _scaled(decoy, scale1, mscale), centres1, tpl1, radius1,
+                         descriptor)
+        fmd = FineMatches(fmd.ref_xy * scale1, fmd.mov_xy * mscale, fmd.score, fmd.distinct, fmd.n_windows)
+        try:
+            fitd = magsac(fmd.ref_xy, fmd.mov_xy, "affine", max_threshold=3.0, prior=np.clip(fmd.score, 0.05, 1),
+                          seed=settings.seed)
+            rd = max(rd, fitd.n_inliers / max(fmd.n_windows, 1))
+        except NotEnoughMatchesError:
+            pass
+    diag["decoy_inlier_ratio"] = round(rd, 3)
+    if r1 < settings.decoy_factor * rd + 0.05 or (n1 < settings.min_evidence and r1 < 0.6):
+        raise NotEnoughMatchesError(
+            f"No reliable alignment found: the best candidate ({n1} of {fm1.n_windows} windows agree) is not "
+            f"clearly better than a deliberately wrong alignment ({rd:.0%} agree).",
+            "The images may not show the same ground, may lack distinct structure (flat, noisy or repetitive), "
+            "or the misregistration may exceed the search range; try other bands or an area with clear features.")
+    diag["pass1"] = dict(candidate=kbest, level=lv, template=tpl1, radius=radius1, points=len(fm1), inliers=int(n1),
                          inlier_ratio=round(float(r1), 3), affine_rmse=round(fit1.rmse, 3))
     t2 = time.perf_counter()
+    ref_desc = descriptor(ref, ref_valid)
     tpl2 = min(tpl, 64)  # refinement under a good model: smaller windows, more local, cheaper
     sp2 = _spacing(H, W, tpl2, settings.max_points_pass2, max(8.0, tpl2 / 3))
     centres2 = grid_centres(W, H, tpl2, sp2)
@@ -129,6 +169,11 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
             "The images may be too different in this area; try other bands or a larger extent.")
     diag["seconds"] = dict(coarse=round(t1 - t0, 3), verify=round(t2 - t1, 3), refine=round(time.perf_counter() - t2, 3))
     return MatchResult(fm2, fit2.inlier, fit2.rmse, tpl, diag)
+
+
+def _scaled(model, ref_scale: np.ndarray, mov_scale: np.ndarray):
+    """The model between reduced images: reduced ref px -> full ref -> full mov -> reduced mov px."""
+    return lambda xy: model(np.asarray(xy) * ref_scale) / mov_scale
 
 
 class _null:

@@ -27,14 +27,59 @@ def fast_len(n: int) -> int:
     return best
 
 
+def _box_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Sums of ``x`` (B, H, W) over every h x w window (integral image). Returns (B, H-h+1, W-w+1)."""
+    ii = torch.nn.functional.pad(x.double().cumsum(1).cumsum(2), (1, 0, 1, 0))
+    return (ii[:, h:, w:] - ii[:, :-h, w:] - ii[:, h:, :-w] + ii[:, :-h, :-w]).to(x.dtype)
+
+
+def _zncc(sab, sa, sb, saa, sbb, n) -> torch.Tensor:
+    """ZNCC from sums; -1 where either side has (numerically) no variance, clamped to [-1, 1]."""
+    nn = n.clamp(min=1.0)
+    cov = sab - sa * sb / nn
+    va = saa - sa * sa / nn
+    vb = sbb - sb * sb / nn
+    # float32 sums lose ~1e-6 of their magnitude; a variance below that is no variance at all
+    ok = (va > 1e-4 * saa.abs() + 1e-9) & (vb > 1e-4 * sbb.abs() + 1e-9)
+    z = cov / torch.sqrt(va.clamp(min=1e-12) * vb.clamp(min=1e-12))
+    return torch.where(ok, z.clamp(-1.0, 1.0), torch.full_like(z, -1.0))
+
+
+def _zncc_unmasked(template: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
+    """Fast path of :func:`masked_zncc` when every pixel is valid: one FFT product plus box sums."""
+    b, c, h, w = template.shape
+    H, W = search.shape[-2:]
+    size = (fast_len(H), fast_len(W))
+    sab = torch.fft.irfft2((torch.fft.rfft2(template, s=size).conj() * torch.fft.rfft2(search, s=size)).sum(1),
+                           s=size)[:, :H - h + 1, :W - w + 1]
+    n = float(h * w * c)
+    sa = template.sum(dim=(1, 2, 3)).view(-1, 1, 1)
+    saa = (template * template).sum(dim=(1, 2, 3)).view(-1, 1, 1)
+    sb = _box_sums(search.sum(1), h, w)
+    sbb = _box_sums((search * search).sum(1), h, w)
+    return _zncc(sab, sa, sb, saa, sbb, torch.full_like(sab, n))
+
+
 def masked_zncc(template: torch.Tensor, tmask: torch.Tensor, search: torch.Tensor, smask: torch.Tensor,
                 min_overlap: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
     """ZNCC of the (masked) template over every valid offset in the (masked) search region.
 
     Offsets where the overlapping valid area is below ``min_overlap`` of the template's valid area get -1.
+    Items whose masks are entirely valid take a cheaper path with the same result.
     """
     if template.ndim != 4 or search.ndim != 4:
         raise ValueError("template and search must be (B, C, H, W)")
+    full = tmask.flatten(1).all(1) & smask.flatten(1).all(1)
+    if bool(full.any()):
+        h, w = template.shape[-2:]
+        H, W = search.shape[-2:]
+        z = torch.empty(template.shape[0], H - h + 1, W - w + 1, dtype=template.dtype, device=template.device)
+        n = torch.full_like(z, float(h * w))
+        z[full] = _zncc_unmasked(template[full], search[full])
+        part = ~full
+        if bool(part.any()):
+            z[part], n[part] = masked_zncc(template[part], tmask[part], search[part], smask[part], min_overlap)
+        return z, n
     b, c, h, w = template.shape
     H, W = search.shape[-2:]
     size = (fast_len(H), fast_len(W))
@@ -58,17 +103,13 @@ def masked_zncc(template: torch.Tensor, tmask: torch.Tensor, search: torch.Tenso
     sb = corr(fta[:, 0], fsa[:, 1])
     saa = corr(fta[:, 2], fsa[:, 0])
     sbb = corr(fta[:, 0], fsa[:, 2])
-    nn = n.clamp(min=1.0)
-    cov = sab - sa * sb / nn
-    va = (saa - sa * sa / nn).clamp(min=0)
-    vb = (sbb - sb * sb / nn).clamp(min=0)
-    z = cov / torch.sqrt(va * vb + 1e-12)
+    z = _zncc(sab, sa, sb, saa, sbb, n)
     full = tm.sum(dim=(1, 2, 3)).view(-1, 1, 1) * c
     z = torch.where(n >= min_overlap * full, z, torch.full_like(z, -1.0))
     return z, n / c
 
 
-def subpixel_peak(z: torch.Tensor, exclusion: int = 2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def subpixel_peak(z: torch.Tensor, exclusion: int = 2, edge_margin: int = 1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Integer argmax refined by a separable parabola fit, plus the best peak outside ``exclusion`` px.
 
     Shapes: z (B, H, W) -> offsets (B, 2) as (x, y) floats, peak (B,), second peak (B,)
@@ -95,5 +136,7 @@ def subpixel_peak(z: torch.Tensor, exclusion: int = 2) -> tuple[torch.Tensor, to
     near = ((yy - iy.view(-1, 1, 1)).abs() <= exclusion) & ((xx - ix.view(-1, 1, 1)).abs() <= exclusion)
     second = torch.where(near, torch.full_like(z, -1.0), z).reshape(b, -1).max(1).values
     off = torch.stack([ix.float() + dx, iy.float() + dy], dim=1)
-    at_edge = (ix == 0) | (ix == ww - 1) | (iy == 0) | (iy == hh - 1)
+    # a maximum on or next to the window's border is the foot of a peak outside the window
+    m = edge_margin
+    at_edge = (ix < m) | (ix > ww - 1 - m) | (iy < m) | (iy > hh - 1 - m)
     return off, torch.where(at_edge, torch.full_like(peak, -1.0), peak), second

@@ -25,7 +25,8 @@ def ben(shared_data):
         if not hits:
             pytest.skip(f"BigEarthNet patch {patch} is not in this copy of the shared data")
         return hits[0]
-    return {"b04": one(2, "36_85", "B04"), "vv": one(1, "36_85", "VV"), "vv_zone33": one(1, "87_48", "VV")}
+    return {"b04": one(2, "36_85", "B04"), "b08": one(2, "36_85", "B08"), "vv": one(1, "36_85", "VV"),
+            "vv_zone33": one(1, "87_48", "VV")}
 
 
 def like(src: str, path: Path, data: np.ndarray | None = None, *, gt=None, srs: bool = True,
@@ -134,7 +135,7 @@ def test_output_folder_not_writable(ben, tmp_path, capsys):
     blocker = tmp_path / "file.txt"
     blocker.write_text("a regular file, so no folder can be made under it (even as root)\n")
     out = blocker / "out"
-    line = fail(capsys, coreg(ben["b04"], ben["vv"], out))
+    line = fail(capsys, coreg(ben["b04"], ben["b08"], out))
     assert "output folder" in line or "Cannot" in line
     assert blocker.read_text().startswith("a regular file")
 
@@ -143,14 +144,14 @@ def test_output_exists_is_refused_unless_overwrite(ben, tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "report.json").write_text("{\"old\": true}")
-    rc = cli.main(coreg(ben["b04"], ben["vv"], out))
+    rc = cli.main(coreg(ben["b04"], ben["b08"], out))
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback" not in err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert len(lines) == 1 and "already exist" in lines[0] and "--overwrite" in lines[0]
     assert json.loads((out / "report.json").read_text()) == {"old": True}
     assert not (out / "coregistered.tif").exists()
-    rc = cli.main(coreg(ben["b04"], ben["vv"], out, "--overwrite"))
+    rc = cli.main(coreg(ben["b04"], ben["b08"], out, "--overwrite"))
     cap = capsys.readouterr()
     assert rc == 0, cap.err
     rep = json.loads((out / "report.json").read_text())
