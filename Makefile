@@ -1,7 +1,7 @@
 # Convenience targets; each runs the idempotent set-up first (scripts/setup.sh).
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast package lint screenshot clean
+.PHONY: setup demo test test-fast package lint screenshot clean train train-cache
 setup:
 	bash scripts/setup.sh
 
@@ -28,4 +28,11 @@ lint: setup
 clean:
 	rm -rf demo_out build dist hsscl.zip
 
--include bench/bench.mk
+train-cache: setup
+	$(PY) scripts/build_traincache.py
+
+# CPU smoke-scale training (300 steps, 10-20 min on 2 cores); the GPU recipe is scripts/train_gpu.sh
+train: train-cache
+	$(PY) -m hsscl.engine.cli train configs/hsscl_cpu_smoke.json --out out/train
+
+include bench/bench.mk

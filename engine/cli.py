@@ -77,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--out", required=True, help="CSV: a_x,a_y,b_x,b_y,score,inlier")
     m.add_argument("--overwrite", action="store_true")
     _add_matching_options(m)
+    from .train.cli import add_train_parser
+
+    add_train_parser(sub)
     return ap
 
 
@@ -129,6 +132,10 @@ def _run(ns) -> int:
         out = pipeline.apply(ns.source, ns.raster, ns.out, overwrite=ns.overwrite)
         print(f"Wrote {out}")
         return 0
+    if ns.command == "train":
+        from .train.cli import run_train
+
+        return run_train(ns)
     if ns.command == "match":
         from .io.output import atomic_path, check_output_file
 

@@ -177,6 +177,11 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
     timings["preprocess"] = pr.seconds + pt.seconds
 
     descriptor = get_descriptor(config.descriptor, config.weights, str(device))
+    adapt_note = None
+    if config.adapt:
+        adapt_note = ("on-the-fly adaptation was asked for but is not available in this version: the pair was "
+                      "matched without it")
+        mon.log(adapt_note)
     settings = MatchSettings(max_shift_px=max_shift, max_rotation_deg=config.max_rotation_deg,
                              max_scale=config.max_scale_change, seed=config.seed)
     R = torch.from_numpy(pr.image)[None, None].to(device)
@@ -212,7 +217,7 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
         "space": "map (target resampled onto the reference grid for matching)" if ref_grid.georeferenced
         else "pixel (no georeferencing)",
         "descriptor": getattr(descriptor, "name", str(descriptor)),
-        "device": str(device), "device_note": device_note,
+        "device": str(device), "device_note": device_note, "adaptation": adapt_note or "off",
         "config": config.to_dict(),
         "model": {"kind": fit.kind, "reason": fit.reason, "params": fit.model.to_dict(), "cv_rmse_px": fit.cv_rmse},
         "counts": {"candidates": len(ties), "inliers": ties.n_inliers, "check_points": int(fit.check.sum()),
