@@ -21,13 +21,15 @@ if PROCESSING_PLUGINS not in sys.path:
 from qgis.core import QgsApplication, QgsProject, QgsRasterLayer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-DATA = Path(os.environ.get("HSSCL_DATA", "/work/shared/data"))
+_REPO = Path(__file__).resolve().parents[2]
+DATA = Path(os.environ.get("HSSCL_DATA") or os.environ.get("HSSCL_SHARED_DATA") or _REPO.parent / "shared" / "data")
 S1S2 = DATA / "gefolki_EvalGeFolki" / "S1S2"
 BEN = DATA / "bigearthnet_example"
 
 
 def _ben_pair(suffix: str) -> tuple[Path, Path] | None:
-    s1 = sorted(BEN.glob(f"BigEarthNet-S1-Example/*_{suffix}/*_VV.tif"))
+    # S2 B08 (near infrared) onto B04 (red): the 120 px S1/S2 pairs are too small for a reliable answer
+    s1 = sorted(BEN.glob(f"BigEarthNet-S2-Example/*_{suffix}/*_B08.tif"))
     s2 = sorted(BEN.glob(f"BigEarthNet-S2-Example/*_{suffix}/*_B04.tif"))
     return (s2[0], s1[0]) if s1 and s2 else None
 
@@ -43,7 +45,7 @@ def s1s2_pair() -> tuple[str, str]:
 
 @pytest.fixture(scope="session")
 def ben_pairs() -> list[tuple[str, str]]:
-    """Two BigEarthNet pairs (S2 B04 reference, S1 VV target), 120 x 120."""
+    """Two BigEarthNet pairs (S2 B04 reference, S2 B08 target), 120 x 120."""
     pairs = [p for p in (_ben_pair("87_48"), _ben_pair("4_55")) if p]
     if len(pairs) < 2:
         pytest.skip(f"shared data not found: {BEN} (set HSSCL_DATA)")
@@ -119,3 +121,21 @@ def wait_for(predicate, timeout: float = 300.0) -> bool:
 def engine(request):
     """Each Processing test runs with the stand-in pipeline (plumbing) and with the real engine."""
     return request.getfixturevalue("fake_pipeline" if request.param == "fake" else "real_pipeline")
+
+
+@pytest.fixture(autouse=True)
+def no_modal_dialogs(monkeypatch):
+    """A modal message box (e.g. the batch dialog reporting a failed row) would wait forever offscreen:
+    answer it at once and record it, so a failing run fails the test instead of hanging the session."""
+    from qgis.PyQt.QtWidgets import QMessageBox
+
+    shown: list[str] = []
+
+    def answer(*args, **kwargs):
+        shown.append(" | ".join(str(a) for a in args[1:3]))
+        return QMessageBox.Ok
+
+    for name in ("critical", "warning", "information", "question"):
+        monkeypatch.setattr(QMessageBox, name, staticmethod(answer))
+    monkeypatch.setattr(QMessageBox, "exec_", lambda self: QMessageBox.Ok)
+    return shown
