@@ -231,7 +231,7 @@ def _adaptive(img: np.ndarray, noise_var: np.ndarray, window: int, multiplicativ
 
 
 def denoise(image: np.ndarray, valid: np.ndarray | None, modality: str, block: int = 64, *,
-            sar_scale: str | None = "db", window: int | None = None) -> DenoiseResult:
+            sar_scale: str | None = "db", window: int | None = None, enl_clean: float = ENL_CLEAN) -> DenoiseResult:
     """Block-wise adaptive denoising of one channel (see the module doc for the method).
 
     Args:
@@ -242,6 +242,7 @@ def denoise(image: np.ndarray, valid: np.ndarray | None, modality: str, block: i
         sar_scale: SAR only. "db": the channel is in dB (filtered in linear power, returned in dB);
             "linear" or None (display-scaled SAR): filtered as it is.
         window: local statistics window (default 7 for SAR, 5 for optical).
+        enl_clean: SAR blocks whose ENL is at or above this are left as they are.
     """
     if modality not in ("sar", "optical", "multispectral"):
         raise InputError(f"Unknown modality '{modality}'.", "Use sar, optical or multispectral.")
@@ -262,7 +263,7 @@ def denoise(image: np.ndarray, valid: np.ndarray | None, modality: str, block: i
         scale = float(np.median(lin[valid])) or 1.0  # Lee is scale-free; values near 1 keep sums exact
         lin = lin / scale
         enl = block_enl(lin, valid, block, window)
-        filtered = np.isfinite(enl) & (enl < ENL_CLEAN)
+        filtered = np.isfinite(enl) & (enl < enl_clean)
         cu2_block = np.where(filtered, 1.0 / np.where(np.isfinite(enl), np.maximum(enl, 1e-3), 1.0), 0.0)
         cu2_block = np.where(np.isfinite(enl), cu2_block, np.nan)
         cu2 = _to_pixels(_fill_blocks(cu2_block, 0.0), shape, block)

@@ -10,6 +10,13 @@ from .denoise import denoise
 from .errors import InputError
 from .modality import ModalityInfo, detect_modality, is_constant, normalise, reduce_bands
 
+#: In the matching pipeline SAR is despeckled only where speckle is close to single-look (block ENL < 3).
+#: Measured on 12 development pairs (SAR-optical, optical-IR, day-night): filtering multi-looked
+#: Sentinel-1 GRD / 8-bit SAR exports (block ENL 6-9) as well raised the median true error from 1.31
+#: to 1.76 px, because the descriptor's own smoothing already averages that speckle and the Lee filter
+#: blurs edge positions. Optical blocks are filtered where their noise is significant.
+SAR_ENL_CLEAN = 3.0
+
 
 @dataclass(frozen=True)
 class Prepared:
@@ -45,7 +52,7 @@ def prepare(data: np.ndarray, valid: np.ndarray, dtype_name: str, descriptions: 
     stats: dict = {"enabled": bool(use_denoise)}
     if use_denoise:
         sar_scale = "db" if info.modality == "sar" and info.sar_scale in ("db", "linear") else None
-        res = denoise(image, valid, info.modality, sar_scale=sar_scale)
+        res = denoise(image, valid, info.modality, sar_scale=sar_scale, enl_clean=SAR_ENL_CLEAN)
         image = res.image
         stats.update({k: v for k, v in res.stats.items() if isinstance(v, (int, float, str, bool))})
     image = normalise(image, valid, info.modality)
