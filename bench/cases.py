@@ -208,7 +208,7 @@ def sources() -> list[Source]:
     ssl = D / "more_s1s2" / "ssl4eo_s12_via_rico_hdl" / "SSL4EO-S12"
     s1d = sorted((ssl / "s1" / "0000200").glob("S1*")) if ssl.exists() else []
     s2d = sorted((ssl / "s2a" / "0000200").glob("2020*")) if ssl.exists() else []
-    for k, (a, b) in enumerate(list(zip(s2d, s1d))[:1]):
+    for a, b in list(zip(s2d, s1d))[:1]:
         add(f"ssl4eo_{a.name[:8]}_S1S2", "SAR-optical", "more_s1s2/ssl4eo_s12_via_rico_hdl",
             lambda a=a: _stack(_read(a / "B4.tif"), _read(a / "B3.tif"), _read(a / "B2.tif")),
             lambda b=b: _stack(_read(b / "VV.tif"), _read(b / "VH.tif")), _g_geo,

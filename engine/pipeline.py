@@ -29,8 +29,16 @@ from .errors import InputError
 from .fitting import fit_correction
 from .geometry.transforms import fit_model
 from .io.output import atomic_path, prepare_outdir
-from .io.raster import (RasterGrid, RasterInfo, Window, check_georeferencing, open_raster_info, overlap_window,
-                        read_bands, same_crs, transform_points)
+from .io.raster import (
+    RasterGrid,
+    Window,
+    check_georeferencing,
+    open_raster_info,
+    overlap_window,
+    read_bands,
+    same_crs,
+    transform_points,
+)
 from .io.vector import read_tiepoints_gpkg, write_tiepoints_gpkg
 from .matching.matcher import MatchSettings, match_pair
 from .preprocess import prepare

@@ -23,8 +23,8 @@ from qgis.PyQt.QtCore import pyqtSignal, pyqtSlot
 from qgis.PyQt.QtWidgets import QApplication
 
 from . import deps
-from .compat import POINT_LAYERS, RASTER_LAYERS
 from .algorithms.base import DEVICES, GRIDS, TRANSFORMS
+from .compat import POINT_LAYERS, RASTER_LAYERS
 from .hints import hint_text
 from .layers import add_raster, add_results
 from .settings import PluginSettings

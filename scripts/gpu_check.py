@@ -61,7 +61,7 @@ def run(npz: str, weights: str | None) -> dict:
             for dev in ("cpu", "cuda"):
                 if dev == "cuda" and not torch.cuda.is_available():
                     continue
-                t = lambda k: torch.from_numpy(data[f"{name}_{k}"])[None, None].to(dev)  # noqa: E731
+                t = lambda k: torch.from_numpy(data[f"{name}_{k}"])[None, None].to(dev)  # noqa: E731, B023
                 args = (t("ref"), t("refv"), t("mov"), t("movv"))
                 d = make(dev)
                 s = MatchSettings(max_shift_px=60)

@@ -45,8 +45,13 @@ def main() -> int:
         print(f"screenshot: data not found: {ref}", file=sys.stderr)
         return 2
 
-    from qgis.core import (QgsApplication, QgsLayerTreeModel, QgsProject, QgsRasterLayer,
-                           QgsSingleBandGrayRenderer)
+    from qgis.core import (
+        QgsApplication,
+        QgsLayerTreeModel,
+        QgsProject,
+        QgsRasterLayer,
+        QgsSingleBandGrayRenderer,
+    )
     from qgis.gui import QgsLayerTreeMapCanvasBridge, QgsLayerTreeView, QgsMapCanvas, QgsMessageBar
     from qgis.PyQt.QtCore import Qt
     from qgis.PyQt.QtWidgets import QMainWindow, QSplitter, QVBoxLayout, QWidget

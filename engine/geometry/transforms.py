@@ -7,7 +7,7 @@ A model ``T`` maps a reference position to the target position showing the same 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np

@@ -19,8 +19,8 @@ from ..errors import NotEnoughMatchesError
 from ..geometry.robust import magsac
 from ..geometry.transforms import Affine
 from .coarse import coarse_search
-from .sampling import downsample
 from .fine import FineMatches, fine_match, grid_centres
+from .sampling import downsample
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ evaluation-only sets (CFOG, MMIM, SRIF, OSMNet, Sen1Floods11) are never touched.
 from __future__ import annotations
 
 import json
-
 from dataclasses import dataclass, field
 from pathlib import Path
 
