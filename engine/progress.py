@@ -53,5 +53,3 @@ class Monitor:
         finally:
             self._lo, self._hi = old
 
-
-NULL_MONITOR_FACTORY = Monitor

@@ -264,7 +264,10 @@ def _copy_band_info(src: gdal.Dataset, dst: gdal.Dataset) -> None:
             d.SetUnitType(s.GetUnitType())
 
 
-def _callback(monitor: Monitor, state: dict):
+def _run_gdal(monitor: Monitor, call) -> None:
+    """Run ``call(callback)`` (a GDAL operation) with progress reporting; cancel raises CancelledError."""
+    state: dict = {}
+
     def cb(fraction: float, message: str, data: object) -> int:
         try:
             monitor.report(fraction, "Writing the corrected raster")
@@ -272,7 +275,15 @@ def _callback(monitor: Monitor, state: dict):
             state["cancelled"] = exc
             return 0
         return 1
-    return cb
+
+    try:
+        call(cb)
+    except RuntimeError:
+        if "cancelled" in state:
+            raise state["cancelled"] from None
+        raise
+    if "cancelled" in state:
+        raise state["cancelled"]
 
 
 def _warp(correction: Correction, ds: gdal.Dataset, out: RasterGrid, tmp: str, resampling: str,
@@ -290,19 +301,12 @@ def _warp(correction: Correction, ds: gdal.Dataset, out: RasterGrid, tmp: str, r
     if not alpha:
         for i, nd in enumerate(nodata):
             dst.GetRasterBand(i + 1).SetNoDataValue(nd)
-    state: dict = {}
     kw = {"srcAlpha": True, "dstAlpha": True} if alpha else {"dstNodata": " ".join(repr(v) for v in nodata)}
-    try:
-        gdal.Warp(dst, src, resampleAlg=resampling, transformerOptions=options, errorThreshold=err,
-                  warpOptions=["INIT_DEST=NO_DATA" if not alpha else "INIT_DEST=0", "UNIFIED_SRC_NODATA=NO",
-                               "NUM_THREADS=ALL_CPUS", "OPTIMIZE_SIZE=TRUE", *_kernel_options(correction, out)],
-                  callback=_callback(monitor, state), **kw)
-    except RuntimeError:
-        if "cancelled" in state:
-            raise state["cancelled"] from None
-        raise
-    if "cancelled" in state:
-        raise state["cancelled"]
+    _run_gdal(monitor, lambda cb: gdal.Warp(
+        dst, src, resampleAlg=resampling, transformerOptions=options, errorThreshold=err,
+        warpOptions=["INIT_DEST=NO_DATA" if not alpha else "INIT_DEST=0", "UNIFIED_SRC_NODATA=NO",
+                     "NUM_THREADS=ALL_CPUS", "OPTIMIZE_SIZE=TRUE", *_kernel_options(correction, out)],
+        callback=cb, **kw))
     if out.georeferenced:
         dst.SetProjection(out.crs_wkt)
         dst.SetGeoTransform(out.transform)
@@ -317,17 +321,9 @@ def _regeoreference(correction: Correction, ds: gdal.Dataset, tmp: str, monitor:
     vrt = gdal.Translate("", ds, format="VRT")
     vrt.SetGeoTransform(corrected_target_transform(correction))
     vrt.SetProjection(correction.target.crs_wkt or "")
-    state: dict = {}
     dtype = ds.GetRasterBand(1).DataType
-    try:
-        gdal.Translate(tmp, vrt, format="GTiff", creationOptions=_creation_options(dtype),
-                       callback=_callback(monitor, state))
-    except RuntimeError:
-        if "cancelled" in state:
-            raise state["cancelled"] from None
-        raise
-    if "cancelled" in state:
-        raise state["cancelled"]
+    _run_gdal(monitor, lambda cb: gdal.Translate(tmp, vrt, format="GTiff", creationOptions=_creation_options(dtype),
+                                                 callback=cb))
 
 
 def apply_correction(correction: Correction, raster_path: str | os.PathLike, out_path: str | os.PathLike,
