@@ -9,7 +9,7 @@ import argparse
 import sys
 import time
 
-from .config import DEVICES, GRIDS, MODALITIES, TRANSFORMS
+from .config import DESCRIPTORS, DEVICES, GRAPH_MODES, GRIDS, MODALITIES, TRANSFORMS
 from .errors import HSSCLError
 
 
@@ -49,7 +49,13 @@ def _add_matching_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--extent", type=_extent, help="match only inside xmin,ymin,xmax,ymax (reference CRS)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--weights", help="network weights (safetensors) to use instead of the shipped ones")
-    p.add_argument("--adapt", action="store_true", help="on-the-fly adaptation to the pair (network only)")
+    p.add_argument("--adapt", action="store_true", help="on-the-fly adaptation of the network to the pair")
+    p.add_argument("--adapt-budget", type=float, default=30.0,
+                   help="time budget of the adaptation in seconds (default 30)")
+    p.add_argument("--descriptor", choices=DESCRIPTORS, default="auto",
+                   help="dense descriptor: auto (the current default), cfog (weight-free) or hsscl (network)")
+    p.add_argument("--graph", choices=GRAPH_MODES, default="auto",
+                   help="graph refinement of the matches: auto (when available, default), on, off")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,7 +95,8 @@ def _config(ns, **extra):
     return CoregConfig(transform=ns.transform, device=ns.device, seed=ns.seed, denoise=not ns.no_denoise,
                        ref_bands=ns.ref_bands, tgt_bands=ns.tgt_bands, ref_modality=ns.ref_modality,
                        tgt_modality=ns.tgt_modality, max_shift_px=ns.max_shift, extent=ns.extent,
-                       threads=ns.threads, weights=ns.weights, adapt=ns.adapt, **extra)
+                       threads=ns.threads, weights=ns.weights, adapt=ns.adapt,
+                       adapt_budget_s=ns.adapt_budget, descriptor=ns.descriptor, graph=ns.graph, **extra)
 
 
 class _Progress:

@@ -8,6 +8,8 @@ TRANSFORMS = ("auto", "shift", "affine", "poly2", "poly3", "tps")
 GRIDS = ("reference", "target")
 DEVICES = ("auto", "cpu", "cuda")
 MODALITIES = ("auto", "sar", "optical", "multispectral")
+DESCRIPTORS = ("auto", "cfog", "hsscl")
+GRAPH_MODES = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,8 @@ class CoregConfig:
     tgt_modality: str = "auto"
     extent: tuple[float, float, float, float] | None = None  # xmin, ymin, xmax, ymax in reference CRS
     adapt: bool = False              # on-the-fly domain adaptation to the pair
+    adapt_budget_s: float = 30.0     # time budget of the adaptation steps
+    graph: str = "auto"              # graph refinement of matches: auto (when available) | on | off
     max_shift_px: float | None = None  # coarse search radius; None = min(10 % of size, 100 px), at least 40 px
     max_rotation_deg: float = 5.0
     max_scale_change: float = 0.05
@@ -46,6 +50,10 @@ class CoregConfig:
         check("device", DEVICES)
         check("ref_modality", MODALITIES)
         check("tgt_modality", MODALITIES)
+        check("descriptor", DESCRIPTORS)
+        check("graph", GRAPH_MODES)
+        if not self.adapt_budget_s > 0:
+            raise InputError(f"The adaptation budget must be positive, got {self.adapt_budget_s} s.")
 
     @classmethod
     def from_overrides(cls, **overrides: Any) -> CoregConfig:
