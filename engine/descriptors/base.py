@@ -28,10 +28,16 @@ def get_descriptor(name: str = "auto", weights: str | None = None, device: str =
         from .cfog import CFOG
 
         return CFOG()
-    if name == "hsscl":
+    if name == "hsscl" or name.startswith("hsscl-"):
         from .hsscl import HSSCLDescriptor
 
-        return HSSCLDescriptor.from_weights(weights, device)
+        levels = ("fine", "mid", "coarse") if name == "hsscl" else (name.split("-", 1)[1],)
+        if levels[0] not in ("fine", "mid", "coarse"):
+            from ..errors import InputError
+
+            raise InputError(f"Unknown descriptor '{name}'.", "Use hsscl-fine, hsscl-mid or hsscl-coarse.")
+        return HSSCLDescriptor.from_weights(weights, device, levels=levels)
     from ..errors import InputError
 
-    raise InputError(f"Unknown descriptor '{name}'.", "Use 'auto', 'cfog' or 'hsscl'.")
+    raise InputError(f"Unknown descriptor '{name}'.", "Use 'auto', 'cfog', 'hsscl' (or one level: hsscl-fine, "
+                     "hsscl-mid, hsscl-coarse).")

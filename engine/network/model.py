@@ -68,10 +68,12 @@ class HSSCLNet(nn.Module):
         f = self.encoder(self.stem(x, modality))
         return {"fine": self.fine(f[2], f[4]), "mid": self.mid(f[8]), "coarse": self.coarse(f[16])}
 
-    def dense(self, levels: dict[str, torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def dense(self, levels: dict[str, torch.Tensor], size: tuple[int, int],
+              weights: tuple[float, float, float] | None = None) -> torch.Tensor:
         """One dense map at ``size``: the levels, weighted, concatenated on the fine (stride-2) grid and
-        upsampled once, then re-normalised. Shapes: levels as :meth:`forward` -> (B, sum(dims), *size)."""
-        w = self.config.weights
+        upsampled once, then re-normalised. Shapes: levels as :meth:`forward` -> (B, sum(dims), *size).
+        ``weights`` overrides the configured level weights (a zero weight drops a level: ablations)."""
+        w = weights if weights is not None else self.config.weights
         fine = levels["fine"]
         h2, w2 = fine.shape[-2:]
         parts = [w[0] * fine] + [wi * F.interpolate(levels[k], size=(h2, w2), mode="bilinear", align_corners=False)

@@ -294,3 +294,21 @@ def test_training_is_deterministic_with_a_seed(mini_cache, tmp_path):
     for (k, x), (_, y) in zip(wa.state_dict().items(), wb.state_dict().items()):
         assert torch.allclose(x, y, atol=1e-6), k
     assert a["last_log"]["loss"] == pytest.approx(b["last_log"]["loss"], rel=1e-6)
+
+
+def test_single_level_descriptors_for_the_ablation():
+    """'hsscl-mid' etc. keep only that level's channels (the others are zero), still unit norm."""
+    torch.manual_seed(0)
+    full = HSSCLDescriptor(HSSCLNet(NetConfig()))
+    mid = HSSCLDescriptor(HSSCLNet(NetConfig()), levels=("mid",))
+    mid.model.load_state_dict(full.model.state_dict())
+    x = torch.rand(1, 1, 48, 64)
+    d_full, d_mid = full(x), mid(x)
+    dims = full.model.config.dims
+    assert mid.name == "hsscl-mid" and full.name == "hsscl"
+    assert d_mid[:, :dims[0]].abs().max() == 0 and d_mid[:, dims[0] + dims[1]:].abs().max() == 0
+    assert torch.allclose(d_mid.norm(dim=1), torch.ones(1, 48, 64), atol=1e-4)
+    assert not torch.allclose(d_mid, d_full)
+    assert get_descriptor("hsscl-coarse").levels == ("coarse",)
+    with pytest.raises(ValueError):
+        HSSCLDescriptor(HSSCLNet(NetConfig()), levels=("texture",))
