@@ -163,7 +163,20 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
           "1024 keypoints, long side 512 px; MAGSAC affine"),
     _hsscl("hsscl", "HSSCL structural descriptor", [], "default pipeline (denoising on)"),
     _hsscl("hsscl_nodenoise", "HSSCL structural descriptor, no denoising", ["--no-denoise"]),
-    # later: _hsscl("hsscl_net", "HSSCL network descriptor", ["--descriptor", "hsscl"]), ...
+    # issue 6: matching alone, + graph refinement, + on-the-fly adaptation, + both (default descriptor)
+    _hsscl("hsscl_nograph", "HSSCL matching alone (no graph)", ["--graph", "off"]),
+    _hsscl("hsscl_graph", "HSSCL + graph refinement", ["--graph", "on"]),
+    _hsscl("hsscl_adapt", "HSSCL + on-the-fly adaptation", ["--graph", "off", "--adapt"]),
+    _hsscl("hsscl_graph_adapt", "HSSCL + graph + adaptation", ["--graph", "on", "--adapt"]),
+    # issue 5: the network descriptor and its ablation (one level at a time, no denoising)
+    _hsscl("hsscl_net", "HSSCL network descriptor (3 levels)", ["--descriptor", "hsscl", "--graph", "off"]),
+    _hsscl("hsscl_net_fine", "network, fine level only", ["--descriptor", "hsscl-fine", "--graph", "off"]),
+    _hsscl("hsscl_net_mid", "network, mid level only", ["--descriptor", "hsscl-mid", "--graph", "off"]),
+    _hsscl("hsscl_net_coarse", "network, coarse level only", ["--descriptor", "hsscl-coarse", "--graph", "off"]),
+    _hsscl("hsscl_net_nodenoise", "network, no denoising", ["--descriptor", "hsscl", "--graph", "off",
+                                                             "--no-denoise"]),
+    _hsscl("hsscl_net_graph_adapt", "network + graph + adaptation", ["--descriptor", "hsscl", "--graph", "on",
+                                                                     "--adapt"]),
 ]}
 
 DEFAULT = ["none", "sift", "arosics_global", "arosics_local", "gefolki", "lightglue", "hsscl", "hsscl_nodenoise"]
