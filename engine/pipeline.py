@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .adapt import match_adapted
 from .config import CoregConfig
 from .correction import Correction
 from .descriptors import get_descriptor
@@ -40,7 +41,7 @@ from .io.raster import (
     transform_points,
 )
 from .io.vector import read_tiepoints_gpkg, write_tiepoints_gpkg
-from .matching.matcher import MatchSettings, match_pair
+from .matching.matcher import MatchSettings
 from .preprocess import prepare
 from .progress import Monitor
 from .tiepoints import TiePoints
@@ -185,11 +186,6 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
     timings["preprocess"] = pr.seconds + pt.seconds
 
     descriptor = get_descriptor(config.descriptor, config.weights, str(device))
-    adapt_note = None
-    if config.adapt:
-        adapt_note = ("on-the-fly adaptation was asked for but is not available in this version: the pair was "
-                      "matched without it")
-        mon.log(adapt_note)
     settings = MatchSettings(max_shift_px=max_shift, max_rotation_deg=config.max_rotation_deg,
                              max_scale=config.max_scale_change, seed=config.seed)
     R = torch.from_numpy(pr.image)[None, None].to(device)
@@ -198,7 +194,8 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
     MV = torch.from_numpy(pt.valid)[None, None].to(device)
     t = time.perf_counter()
     with mon.stage(0.15, 0.85, "matching"):
-        res = match_pair(R, RV, M, MV, descriptor, settings, monitor=mon)
+        # config.adapt: first match, network adapted to the pair, second match, guard (engine/adapt.py)
+        res, descriptor, adapt_note = match_adapted(R, RV, M, MV, descriptor, settings, config, device, mon)
     timings["match"] = time.perf_counter() - t
 
     t = time.perf_counter()

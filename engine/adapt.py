@@ -1,0 +1,348 @@
+"""On-the-fly adaptation of the HSSCL network to one pair (``CoregConfig.adapt``, ``--adapt``).
+
+1. **First match** with the configured descriptor (CFOG for ``auto``/``cfog``, else the network).
+2. **Normalisation statistics** of a deep copy of the network (weights on disk are never touched):
+   its BatchNorm running statistics are re-estimated on tiles of the two images (AdaBN). The images
+   themselves are already robustly standardised per image by :func:`engine.preprocess.prepare`.
+3. **Self-supervised steps** on the pair (bounded by steps and by ``config.adapt_budget_s``):
+   pseudo-positives are the pass-2 inliers of the first match; the affine fitted to them gives dense
+   correspondences within ``trust_radius_px`` of an inlier (the moving image is resampled into the
+   reference frame through that affine, so crops of the two line up). Loss: multi-level InfoNCE with
+   an exclusion radius (:func:`engine.train.losses.info_nce`) plus CORAL between the two images'
+   descriptors (:func:`engine.train.losses.coral`).
+4. **Second match** with the adapted network.
+5. **Guard**: the adapted result is kept only when its verified-match evidence (:func:`evidence`, built
+   from geometric counts that mean the same for any descriptor) beats the first match's by
+   ``min_gain``, keeps most of its pass-2 inliers and agrees with its alignment; otherwise the first
+   result is returned unchanged.
+
+When the first match fails there are no pseudo-positives: only the normalisation statistics are
+refreshed (no gradient steps: feature alignment alone, with nothing holding the descriptors apart,
+can collapse them) and the network matches once more; that result passes the matcher's own checks
+(decoy control) or the original error is raised, with a note on what adaptation tried.
+
+The budget covers steps 2-4 (the second match is reserved from a timing of one network pass); the step
+count is fixed (``max_steps``), so a run is deterministic with the seed unless the time budget cuts it.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import HSSCLError, NotEnoughMatchesError
+from .geometry.transforms import fit_model
+from .matching.fine import warp_to_reference
+from .matching.matcher import MatchResult, MatchSettings, match_pair
+from .network.model import LEVELS
+from .train.losses import coral, info_nce
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    max_steps: int = 30
+    crop: int = 160                  # training crop side (px), multiple of 16
+    batch: int = 2
+    lr: float = 1e-3
+    tau: float = 0.07
+    points: tuple[int, int, int] = (128, 64, 32)           # positions per crop: fine, mid, coarse
+    level_weights: tuple[float, float, float] = (1.0, 1.0, 0.5)
+    exclusion_px: tuple[float, float, float] = (4.0, 12.0, 24.0)
+    coral_weight: float = 0.5
+    trust_radius_px: float = 40.0    # dense correspondences this close to a pseudo-positive
+    max_residual_px: float = 1.5     # inliers farther than this from the affine are not pseudo-positives
+    min_pseudo: int = 12
+    norm_tile: int = 512             # tiles for the normalisation statistics
+    norm_tiles: int = 4              # per image
+    rematch_factor: float = 2.0      # a network match takes about this many times a CFOG match
+    min_gain: float = 0.03           # evidence score the adapted match must gain to be kept
+    min_inlier_share: float = 0.8    # ... keeping this share of the first match's pass-2 inliers
+    max_disagreement_px: float = 3.0  # ... and aligning within this of the first match
+
+
+DEFAULT = AdaptSettings()
+
+
+def evidence(diag: dict[str, Any]) -> dict[str, Any]:
+    """Verified-match evidence from :func:`match_pair` diagnostics, comparable across descriptors.
+
+    Only geometric counts are used (ZNCC peak values differ between descriptors): the pass-1 inlier
+    ratio's margin over the decoy control, the pass-2 inlier ratio and the pass-2 affine RMSE (px).
+    ``score = margin + pass2_ratio - 0.2 * min(rmse, 2.5)``.
+    """
+    p1, p2 = diag["pass1"], diag["pass2"]
+    margin = float(p1["inlier_ratio"]) - float(diag["decoy_inlier_ratio"])
+    rmse = float(p2["affine_rmse"])
+    score = margin + float(p2["inlier_ratio"]) - 0.2 * min(rmse, 2.5)
+    return {"pass1_inliers": int(p1["inliers"]), "pass1_ratio": float(p1["inlier_ratio"]),
+            "decoy_ratio": float(diag["decoy_inlier_ratio"]), "pass2_inliers": int(p2["inliers"]),
+            "pass2_ratio": float(p2["inlier_ratio"]), "affine_rmse_px": round(rmse, 3), "score": round(score, 3)}
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def _tiles(img: torch.Tensor, valid: torch.Tensor, size: int, count: int) -> torch.Tensor:
+    """Up to ``count`` mostly valid square tiles (multiple of 16) of ``img * valid``: (n, 1, s, s)."""
+    H, W = img.shape[-2:]
+    s = max(16, min(size, H, W) // 16 * 16)
+    x = img * valid
+    if min(H, W) < 16:
+        return F.pad(x, (0, (-W) % 16, 0, (-H) % 16), mode="replicate")
+    ys = np.linspace(0, H - s, max(1, int(np.ceil(H / s)))).astype(int)
+    xs = np.linspace(0, W - s, max(1, int(np.ceil(W / s)))).astype(int)
+    cand = [(float(valid[..., y:y + s, x0:x0 + s].float().mean()), y, x0) for y in ys for x0 in xs]
+    cand.sort(key=lambda c: -c[0])
+    keep = [c for c in cand if c[0] >= 0.9][:count] or cand[:1]
+    return torch.cat([x[..., y:y + s, x0:x0 + s] for _, y, x0 in keep])
+
+
+@torch.no_grad()
+def refresh_norm_stats(model: nn.Module, images: list[tuple[torch.Tensor, torch.Tensor]], s: AdaptSettings
+                       ) -> str:
+    """Re-estimate BatchNorm running statistics on tiles of each image (equal weight per image)."""
+    bns = _batchnorms(model)
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the forward passes
+    model.train()
+    n = 0
+    try:
+        for img, valid in images:
+            x = _tiles(img, valid, s.norm_tile, s.norm_tiles)
+            model(x)
+            n += len(x)
+    finally:
+        for m, mom in zip(bns, momenta):
+            m.momentum = mom
+        model.eval()
+    if not bns:
+        return "the network has no normalisation statistics to refresh"
+    return f"BatchNorm statistics of {len(bns)} layers re-estimated on {n} tiles of the two images"
+
+
+def _trust_mask(pts: np.ndarray, H: int, W: int, radius: float) -> torch.Tensor:
+    """(1, 1, H, W) bool: pixels within ``radius`` (square, on an 8 px grid) of one of ``pts``."""
+    c = 8
+    h, w = -(-H // c), -(-W // c)
+    g = torch.zeros(1, 1, h, w)
+    ix = np.clip((pts[:, 0] // c).astype(int), 0, w - 1)
+    iy = np.clip((pts[:, 1] // c).astype(int), 0, h - 1)
+    g[0, 0, iy, ix] = 1.0
+    r = max(1, int(round(radius / c)))
+    g = F.max_pool2d(g, 2 * r + 1, stride=1, padding=r)
+    return F.interpolate(g, scale_factor=c, mode="nearest")[..., :H, :W] > 0
+
+
+def _loss(model, a, b, va, vb, s: AdaptSettings, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+    fa, fb = model(a), model(b)
+    eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=a.device).expand(a.shape[0], 2, 3)
+    total = a.new_zeros(())
+    acc = 0.0
+    strides = model.config.strides
+    for i, lv in enumerate(LEVELS):
+        loss, st = info_nce(fa[lv], fb[lv], va, vb, eye, strides[lv], s.points[i], s.tau, s.exclusion_px[i], gen)
+        total = total + s.level_weights[i] * loss
+        acc += st["acc"] / len(LEVELS)
+        if s.coral_weight > 0 and st["n"] > 0:
+            xa, xb = st["feats"]
+            doms = [torch.zeros(len(xa), dtype=torch.long), torch.ones(len(xb), dtype=torch.long)]
+            total = total + s.coral_weight * coral([xa, xb], [d.to(xa.device) for d in doms])
+    return total, acc
+
+
+def _affine(res: MatchResult):
+    keep = res.inlier
+    return fit_model("affine", res.matches.ref_xy[keep], res.matches.mov_xy[keep])
+
+
+def _disagreement(res0: MatchResult, res1: MatchResult) -> float:
+    """RMS distance (moving px) between the two results' affines at the first result's verified tie points."""
+    g = res0.matches.ref_xy[res0.inlier]
+    return float(np.sqrt(np.mean(np.sum((_affine(res0)(g) - _affine(res1)(g)) ** 2, axis=1))))
+
+
+def _network(descriptor, config, device):
+    from .descriptors.hsscl import HSSCLDescriptor
+
+    if isinstance(descriptor, HSSCLDescriptor):
+        return descriptor.model, descriptor.info
+    d = HSSCLDescriptor.from_weights(config.weights, str(device))
+    return d.model, d.info
+
+
+def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mov_valid: torch.Tensor,
+                  descriptor, settings: MatchSettings, config, device, monitor,
+                  adapt: AdaptSettings | None = None):
+    """Match, adapting the network to the pair when ``config.adapt`` (see the module doc).
+
+    Shapes as :func:`match_pair`. Returns ``(result, descriptor used, report entry or None)``.
+    """
+    if not config.adapt:
+        return match_pair(ref, ref_valid, mov, mov_valid, descriptor, settings, monitor=monitor), descriptor, None
+    from .descriptors.hsscl import HSSCLDescriptor
+
+    s = adapt or DEFAULT
+    mon = monitor
+    first_name = getattr(descriptor, "name", str(descriptor))
+    note: dict[str, Any] = {"kept": "original", "why": "", "first_descriptor": first_name, "network": "hsscl",
+                            "budget_s": config.adapt_budget_s, "steps": 0, "max_steps": s.max_steps,
+                            "seconds": 0.0, "evidence": {"before": None, "after": None}}
+    first_error: NotEnoughMatchesError | None = None
+    t_first = time.perf_counter()
+    with mon.stage(0.0, 0.35, f"matching ({first_name})"):
+        try:
+            res0 = match_pair(ref, ref_valid, mov, mov_valid, descriptor, settings, monitor=mon)
+        except NotEnoughMatchesError as err:
+            first_error, res0 = err, None
+    t0 = time.perf_counter()
+    t_first = t0 - t_first
+    budget = float(config.adapt_budget_s)
+    if res0 is not None:
+        note["evidence"]["before"] = evidence(res0.diagnostics)
+    try:
+        base, info = _network(descriptor, config, device)
+    except HSSCLError as err:
+        if first_error is not None:
+            raise first_error from err
+        note["why"] = f"adaptation not possible: {err}"
+        mon.log(note["why"])
+        return res0, descriptor, note
+    note["weights"] = info.get("weights")
+    model = copy.deepcopy(base).to(device)
+    for p in model.parameters():
+        p.requires_grad_(True)
+    H, W = ref.shape[-2:]
+
+    with mon.stage(0.35, 0.4, "adaptation: normalisation statistics"):
+        note["normalisation"] = refresh_norm_stats(model, [(ref, ref_valid), (mov, mov_valid)], s)
+    # the second match costs about the first one, more when the first used the cheaper CFOG
+    reserve = t_first * (1.0 if isinstance(descriptor, HSSCLDescriptor) else s.rematch_factor)
+    note["rematch_reserve_s"] = round(reserve, 2)
+
+    if first_error is not None:
+        note["why"] = (f"the first match ({first_name}) found no reliable alignment, so there are no "
+                       "pseudo-positives: no gradient steps; the network matched again with normalisation "
+                       "statistics refreshed on the pair")
+        adapted = HSSCLDescriptor(model.eval(), device, info={**info, "adapted": True})
+        with mon.stage(0.4, 1.0, "matching (adapted network)"):
+            try:
+                res1 = match_pair(ref, ref_valid, mov, mov_valid, adapted, settings, monitor=mon)
+            except NotEnoughMatchesError as err:
+                first_error.details = (f"{first_error.details}\nOn-the-fly adaptation: {note['why']}; it failed "
+                                       f"too: {err.message}").strip()
+                raise first_error from err
+        note.update(kept="adapted", why=note["why"] + "; that match passed the matcher's checks (decoy control)",
+                    seconds=round(time.perf_counter() - t0, 2))
+        note["evidence"]["after"] = evidence(res1.diagnostics)
+        mon.log(f"adaptation: {note['why']}")
+        return res1, adapted, note
+
+    # pseudo-positives: pass-2 inliers close to the affine, and dense correspondences around them
+    aff = _affine(res0)
+    keep = res0.inlier
+    rxy, mxy = res0.matches.ref_xy[keep], res0.matches.mov_xy[keep]
+    pts = rxy[np.linalg.norm(aff(rxy) - mxy, axis=1) <= s.max_residual_px]
+    note["pseudo_positives"] = int(len(pts))
+    if len(pts) < s.min_pseudo:
+        note.update(why=f"too few confident verified matches to adapt on ({len(pts)} < {s.min_pseudo})",
+                    seconds=round(time.perf_counter() - t0, 2))
+        mon.log(f"adaptation: {note['why']}")
+        return res0, descriptor, note
+    trust = _trust_mask(pts, H, W, s.trust_radius_px).to(ref.device) & ref_valid.bool()
+    mw, mwv = warp_to_reference(mov, mov_valid, aff, H, W, 0)
+    S = max(32, min(s.crop, H // 16 * 16, W // 16 * 16))
+    if min(H, W) < 32:
+        note.update(why="the images are too small to adapt on", seconds=round(time.perf_counter() - t0, 2))
+        return res0, descriptor, note
+
+    rng = np.random.default_rng(config.seed)
+    gen = torch.Generator().manual_seed(int(config.seed))
+    torch.manual_seed(int(config.seed))
+    model.train()
+    for m in _batchnorms(model):
+        m.eval()  # keep the refreshed statistics; tiny batches would make them noisy
+    opt = torch.optim.Adam(model.parameters(), lr=s.lr)
+    losses: list[float] = []
+    accs: list[float] = []
+    stopped = "all steps done"
+    step_s = 0.0
+    with mon.stage(0.4, 0.7, "adaptation: self-supervised steps"):
+        for step in range(s.max_steps):
+            elapsed = time.perf_counter() - t0
+            if elapsed + max(step_s, 0.0) + reserve > budget:
+                stopped = "time budget"
+                break
+            mon.report(step / s.max_steps, f"adaptation: step {step + 1}/{s.max_steps}")
+            t_step = time.perf_counter()
+            c = pts[rng.integers(len(pts), size=s.batch)] + rng.uniform(-S / 4, S / 4, (s.batch, 2))
+            x0 = np.clip(np.round(c[:, 0] - S / 2), 0, W - S).astype(int)
+            y0 = np.clip(np.round(c[:, 1] - S / 2), 0, H - S).astype(int)
+
+            def crops(x: torch.Tensor, xs=x0, ys=y0) -> torch.Tensor:
+                return torch.cat([x[..., y:y + S, xx:xx + S] for xx, y in zip(xs, ys)])
+
+            rv, mv = crops(ref_valid.bool()), crops(mwv)
+            a, b = crops(ref.float()) * rv, crops(mw) * mv
+            loss, acc = _loss(model, a, b, crops(trust) & rv, mv, s, gen)
+            opt.zero_grad(set_to_none=True)
+            if torch.isfinite(loss):
+                loss.backward()
+                nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+            losses.append(float(loss.detach()))
+            accs.append(acc)
+            step_s = time.perf_counter() - t_step
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    note.update(steps=len(losses), stopped=stopped)
+    if losses:
+        k = min(3, len(losses))
+        note["loss"] = {"first": round(float(np.mean(losses[:k])), 4), "last": round(float(np.mean(losses[-k:])), 4)}
+        note["positive_accuracy"] = {"first": round(float(np.mean(accs[:k])), 3),
+                                     "last": round(float(np.mean(accs[-k:])), 3)}
+    if not losses:
+        note.update(why=f"the budget ({budget:g} s) leaves no time for an adaptation step and the second match "
+                        f"(about {reserve:.1f} s): the original result is kept",
+                    seconds=round(time.perf_counter() - t0, 2))
+        mon.log(f"adaptation: {note['why']}")
+        return res0, descriptor, note
+
+    adapted = HSSCLDescriptor(model, device, info={**info, "adapted": True})
+    with mon.stage(0.7, 1.0, "matching (adapted network)"):
+        try:
+            res1 = match_pair(ref, ref_valid, mov, mov_valid, adapted, settings, monitor=mon)
+        except NotEnoughMatchesError as err:
+            res1 = None
+            why = f"the adapted network found no reliable alignment ({err.message})"
+    note["seconds"] = round(time.perf_counter() - t0, 2)
+    if res1 is not None:
+        ev0, ev1 = note["evidence"]["before"], evidence(res1.diagnostics)
+        note["evidence"]["after"] = ev1
+        dis = _disagreement(res0, res1)
+        note["disagreement_px"] = round(dis, 3)
+        if dis > s.max_disagreement_px:
+            why = f"the adapted match disagrees with the verified first alignment by {dis:.1f} px"
+        elif ev1["pass2_inliers"] < s.min_inlier_share * ev0["pass2_inliers"]:
+            why = (f"the adapted match keeps fewer verified tie points ({ev1['pass2_inliers']} vs "
+                   f"{ev0['pass2_inliers']})")
+        elif ev1["score"] < ev0["score"] + s.min_gain:
+            why = (f"the adapted match's evidence ({ev1['score']:.3f}) does not beat the first match's "
+                   f"({ev0['score']:.3f}) by {s.min_gain:g}")
+        else:
+            note.update(kept="adapted", why=f"the adapted match's evidence ({ev1['score']:.3f}) beats the first "
+                                            f"match's ({ev0['score']:.3f}) and agrees with it within {dis:.1f} px")
+            mon.log(f"adaptation: {note['why']}")
+            return res1, adapted, note
+    note["why"] = why + f"; the first match ({first_name}) is kept"
+    mon.log(f"adaptation: {note['why']}")
+    return res0, descriptor, note
