@@ -200,6 +200,10 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
 
     t = time.perf_counter()
     fm = res.matches
+    # graph refinement (engine/graph): prune / refine candidates, inlier probability as the MAGSAC prior
+    from .graph.refine import graph_refine
+
+    fm, graph_report = graph_refine(config.graph, fm, res.inlier, R, RV, M, MV, descriptor)
     ref_xy = fm.ref_xy + [win.col_off, win.row_off]
     tgt_xy = to_target(fm.mov_xy)
     ok = np.isfinite(tgt_xy).all(1)
@@ -231,6 +235,7 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
                     "check": None if fit.rmse_check_px is None else round(fit.rmse_check_px, 4),
                     "units": "reference pixels"},
         "matching": res.diagnostics,
+        "graph": graph_report,
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "versions": _versions(),
     }

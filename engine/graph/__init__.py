@@ -1,0 +1,1 @@
+"""Graph refinement of tie point candidates (see :mod:`.refine`)."""

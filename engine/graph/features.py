@@ -1,0 +1,182 @@
+"""The match graph: nodes = candidate matches with their evidence, edges = neighbours (pure torch/numpy).
+
+Node features (``NODE_DIM`` per match), all scale-free:
+    score, distinctiveness of the matching peak (as the matcher found them);
+    residual (dx, dy, |d|) of the moving position from a robust global affine, in moving pixels / 4 (clipped);
+    positions in both images, normalised to [-1, 1];
+    descriptor ZNCC of the match at two template sizes (``SCALES`` px), each on a 3 x 3 grid of 1 px offsets
+    (the centre value and the eight differences to it: how peaked and how off-centre the match is).
+Edges ``j -> i``: the ``k`` nearest neighbours of ``i`` in the reference image plus its ``k_disp`` nearest in
+residual displacement (similar motion), without duplicates. Edge attributes (``EDGE_DIM``): relative
+reference position / spacing (2), residual difference (2) and its norm, score difference.
+
+Shapes: features (N, NODE_DIM) float32, edge_index (2, E) long (row 0 = source j, row 1 = target i),
+edge_attr (E, EDGE_DIM) float32.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..geometry.transforms import Affine, fit_model
+from ..matching.fine import FineMatches
+from ..matching.sampling import sample
+
+SCALES = (16, 40)
+NODE_DIM = 9 + 9 * len(SCALES)
+EDGE_DIM = 6
+RES_CLIP = 8.0      # px: residuals beyond this are "far" whatever their size
+RES_UNIT = 4.0
+
+
+@dataclass(frozen=True)
+class MatchGraph:
+    x: torch.Tensor            # (N, NODE_DIM)
+    edge_index: torch.Tensor   # (2, E)
+    edge_attr: torch.Tensor    # (E, EDGE_DIM)
+    spacing: float             # median nearest-neighbour distance of the reference positions (px)
+    affine: Affine             # robust global estimate: reference px -> moving px
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.x.shape[0])
+
+
+def global_affine(fm: FineMatches, inlier: np.ndarray | None = None) -> Affine:
+    """Least-squares affine over ``inlier`` (the matcher's consistent set) or a robust fit of all matches."""
+    if inlier is not None and int(np.sum(inlier)) >= 3:
+        return fit_model("affine", fm.ref_xy[inlier], fm.mov_xy[inlier])
+    from ..geometry.robust import magsac
+
+    return magsac(fm.ref_xy, fm.mov_xy, "affine", max_threshold=2.5, prior=np.clip(fm.score, 0.05, 1)).model
+
+
+def _patch_grid(centres: torch.Tensor, size: int, lin: torch.Tensor | None) -> torch.Tensor:
+    """Pixel positions of ``size`` x ``size`` patches centred on ``centres`` (N, 2), mapped by ``lin`` (2, 2)."""
+    r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+    yy, xx = torch.meshgrid(r, r, indexing="ij")
+    off = torch.stack([xx, yy], -1)                                   # (S, S, 2)
+    if lin is not None:
+        off = off @ lin.T
+    return centres.view(-1, 1, 1, 2) + off[None]
+
+
+def zncc_surfaces(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mov_valid: torch.Tensor,
+                  ref_xy: np.ndarray, mov_xy: np.ndarray, lin: np.ndarray, descriptor,
+                  scales: tuple[int, ...] = SCALES, batch: int = 256) -> np.ndarray:
+    """Descriptor ZNCC of each match at every template size in ``scales``, on a 3 x 3 grid of 1 px offsets.
+
+    Patches are resampled around the match in both images (the moving one through ``lin``, the global
+    affine's linear part) and described there. Shapes: images (1, 1, H, W), masks alike (bool);
+    ref_xy, mov_xy (N, 2) -> (N, 9 * len(scales)) float32 (-1 where there is no overlap).
+    """
+    n = len(ref_xy)
+    out = np.full((n, 9 * len(scales)), -1.0, np.float32)
+    if n == 0:
+        return out
+    lin_t = torch.tensor(lin, dtype=torch.float32)
+    margin = 4
+    for s_i, t in enumerate(scales):
+        size = t + 2 + 2 * margin
+        for b0 in range(0, n, batch):
+            rc = torch.tensor(ref_xy[b0:b0 + batch], dtype=torch.float32)
+            mc = torch.tensor(mov_xy[b0:b0 + batch], dtype=torch.float32)
+            gr = _patch_grid(rc, size, None)
+            gm = _patch_grid(mc, size, lin_t)
+            pr, vr = sample(ref.float(), gr), sample(ref_valid.float(), gr) > 0.99
+            pm, vm = sample(mov.float(), gm), sample(mov_valid.float(), gm) > 0.99
+            dr = descriptor(pr, vr)[:, :, margin:-margin, margin:-margin]
+            dm = descriptor(pm, vm)[:, :, margin:-margin, margin:-margin]
+            vr, vm = vr[:, :, margin:-margin, margin:-margin], vm[:, :, margin:-margin, margin:-margin]
+            a, va = dr[:, :, 1:1 + t, 1:1 + t], vr[:, :, 1:1 + t, 1:1 + t]
+            k = 0
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    b = dm[:, :, 1 + dy:1 + dy + t, 1 + dx:1 + dx + t]
+                    vb = vm[:, :, 1 + dy:1 + dy + t, 1 + dx:1 + dx + t]
+                    out[b0:b0 + batch, 9 * s_i + k] = _zncc_pairs(a, b, (va & vb).float()).numpy()
+                    k += 1
+    return out
+
+
+def _zncc_pairs(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Masked ZNCC of paired (B, C, h, w) fields over all channels and pixels -> (B,)."""
+    c = a.shape[1]
+    n = (m.sum(dim=(1, 2, 3)) * c).clamp(min=1)
+    a, b = a * m, b * m
+    ma = a.sum(dim=(1, 2, 3)) / n
+    mb = b.sum(dim=(1, 2, 3)) / n
+    cov = (a * b).sum(dim=(1, 2, 3)) / n - ma * mb
+    va = (a * a).sum(dim=(1, 2, 3)) / n - ma * ma
+    vb = (b * b).sum(dim=(1, 2, 3)) / n - mb * mb
+    z = cov / torch.sqrt(va.clamp(min=1e-12) * vb.clamp(min=1e-12))
+    ok = (va > 1e-9) & (vb > 1e-9) & (m.mean(dim=(1, 2, 3)) > 0.5)
+    return torch.where(ok, z.clamp(-1, 1), torch.full_like(z, -1.0))
+
+
+def knn(points: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices (N, min(k, N-1)) of each point's k nearest other points (Euclidean)."""
+    n = points.shape[0]
+    k = min(k, n - 1)
+    if k <= 0:
+        return torch.zeros((n, 0), dtype=torch.long)
+    d = torch.cdist(points, points)
+    d.fill_diagonal_(float("inf"))
+    return d.topk(k, largest=False).indices
+
+
+def node_features(fm: FineMatches, affine: Affine, surfaces: np.ndarray, ref_size: tuple[int, int],
+                  mov_size: tuple[int, int]) -> np.ndarray:
+    """(N, NODE_DIM) float32 node features; sizes are (width, height)."""
+    res = np.clip(fm.mov_xy - affine(fm.ref_xy), -RES_CLIP, RES_CLIP) / RES_UNIT
+    rpos = 2 * fm.ref_xy / np.asarray(ref_size, float) - 1
+    mpos = 2 * fm.mov_xy / np.asarray(mov_size, float) - 1
+    s = np.asarray(surfaces, np.float32).reshape(len(fm), -1, 9)
+    centre = s[:, :, 4:5]
+    rel = np.concatenate([centre, np.delete(s, 4, axis=2) - centre], axis=2).reshape(len(fm), -1)
+    cols = [fm.score[:, None], np.clip(fm.distinct, 0, 1)[:, None], res, np.linalg.norm(res, axis=1)[:, None],
+            rpos, mpos, rel]
+    return np.concatenate(cols, axis=1).astype(np.float32)
+
+
+def build_edges(ref_xy: np.ndarray, residual: np.ndarray, score: np.ndarray, k: int = 8, k_disp: int = 4
+                ) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Edges j -> i (spatial kNN in the reference + kNN in residual displacement) and their attributes.
+
+    Shapes: ref_xy (N, 2) px, residual (N, 2) moving px, score (N,) -> edge_index (2, E), edge_attr (E, 6).
+    """
+    n = len(ref_xy)
+    p = torch.tensor(ref_xy, dtype=torch.float32)
+    r = torch.tensor(np.clip(residual, -RES_CLIP, RES_CLIP), dtype=torch.float32)
+    if n < 2:
+        return torch.zeros((2, 0), dtype=torch.long), torch.zeros((0, EDGE_DIM)), 1.0
+    nn_sp = knn(p, k)
+    d1 = (p[nn_sp[:, 0]] - p).norm(dim=1)
+    spacing = float(d1.median().clamp(min=1.0))
+    nbr = [nn_sp]
+    if k_disp > 0:
+        nbr.append(knn(r, k_disp))
+    idx = torch.cat(nbr, 1)                                            # (N, K)
+    tgt = torch.arange(n).view(-1, 1).expand_as(idx)
+    key = torch.unique(tgt.reshape(-1) * n + idx.reshape(-1))          # dedupe (i, j) pairs
+    i, j = key // n, key % n
+    edge_index = torch.stack([j, i])
+    dp = (p[j] - p[i]) / spacing
+    dr = (r[j] - r[i]) / RES_UNIT
+    sc = torch.tensor(score, dtype=torch.float32)
+    attr = torch.cat([dp.clamp(-4, 4), dr, dr.norm(dim=1, keepdim=True), (sc[j] - sc[i])[:, None]], 1)
+    return edge_index, attr, spacing
+
+
+def build_graph(fm: FineMatches, inlier: np.ndarray | None, ref: torch.Tensor, ref_valid: torch.Tensor,
+                mov: torch.Tensor, mov_valid: torch.Tensor, descriptor, k: int = 8, k_disp: int = 4) -> MatchGraph:
+    """The match graph of ``fm`` (reference px, moving px) on the images the matcher saw ((1, 1, H, W))."""
+    affine = global_affine(fm, inlier)
+    surf = zncc_surfaces(ref, ref_valid, mov, mov_valid, fm.ref_xy, fm.mov_xy, affine.A[:, :2], descriptor)
+    ref_size = (ref.shape[-1], ref.shape[-2])
+    mov_size = (mov.shape[-1], mov.shape[-2])
+    x = node_features(fm, affine, surf, ref_size, mov_size)
+    ei, ea, spacing = build_edges(fm.ref_xy, fm.mov_xy - affine(fm.ref_xy), fm.score, k, k_disp)
+    return MatchGraph(torch.from_numpy(x), ei, ea, spacing, affine)
