@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from qgis.core import (
+    Qgis,
     QgsProcessingAlgorithm,
     QgsProcessingContext,
     QgsProcessingException,
@@ -35,6 +36,10 @@ from .. import deps
 from ..compat import ALG_CAN_CANCEL, NUMBER_INTEGER, PARAM_ADVANCED
 from ..settings import PluginSettings
 
+_NUMBER_TYPES = getattr(Qgis, "ProcessingNumberParameterType", None)
+NUMBER_DOUBLE = (_NUMBER_TYPES.Double if _NUMBER_TYPES is not None and hasattr(_NUMBER_TYPES, "Double")
+                 else QgsProcessingParameterNumber.Type.Double)
+
 ICON = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "resources", "icon.svg")
 
 # (engine value, label) pairs; the index is the Processing enum value (documented in docs/plugin.md)
@@ -46,6 +51,9 @@ TRANSFORMS = (("auto", "Automatic (best model by check points)"), ("shift", "Shi
 GRIDS = (("reference", "Reference grid (resample the target onto the reference)"),
          ("target", "Target grid (keep the target's pixels, correct its georeferencing)"))
 DEVICES = (("auto", "Automatic (CUDA if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
+DESCRIPTORS = (("auto", "Automatic (engine default)"), ("cfog", "CFOG (weight-free gradient features)"),
+               ("hsscl", "HSSCL network (experimental)"))
+GRAPH_MODES = (("auto", "Automatic (when available)"), ("on", "On"), ("off", "Off"))
 
 
 def _values(pairs: tuple[tuple[str, str], ...]) -> list[str]:
@@ -79,6 +87,9 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
     GRID = "GRID"
     DEVICE = "DEVICE"
     ADAPT = "ADAPT"
+    ADAPT_BUDGET = "ADAPT_BUDGET"
+    DESCRIPTOR = "DESCRIPTOR"
+    GRAPH = "GRAPH"
     EXTENT = "EXTENT"
     DENOISE = "DENOISE"
     THREADS = "THREADS"
@@ -166,8 +177,21 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
             "comes from the plugin settings."))
         self.addParameter(_help(QgsProcessingParameterBoolean(
             self.ADAPT, self.tr("Adapt the network to this pair on the fly (slower)"), defaultValue=False),
-            "Fine-tunes the descriptor network briefly on the pair itself before matching. Helps unusual "
-            "sensors; takes longer. Off by default."))
+            "Matches once, fine-tunes a copy of the descriptor network briefly on the pair (from the verified "
+            "matches), matches again, and keeps the adapted result only when its verified-match evidence is "
+            "better; the report says which was kept and why. Takes longer. Off by default."))
+        self.addParameter(_advanced(_help(QgsProcessingParameterNumber(
+            self.ADAPT_BUDGET, self.tr("Adaptation time budget (seconds)"), NUMBER_DOUBLE, defaultValue=30.0,
+            minValue=0.1, maxValue=3600.0),
+            "Upper bound on the extra time of on-the-fly adaptation (statistics, training steps and the second "
+            "match). Only used when adaptation is on.")))
+        self.addParameter(_advanced(_help(QgsProcessingParameterEnum(
+            self.DESCRIPTOR, self.tr("Descriptor"), _labels(DESCRIPTORS), defaultValue=0),
+            "Dense descriptor used for matching. Automatic is the engine default (CFOG); the HSSCL network is "
+            "experimental.")))
+        self.addParameter(_advanced(_help(QgsProcessingParameterEnum(
+            self.GRAPH, self.tr("Graph refinement of matches"), _labels(GRAPH_MODES), defaultValue=0),
+            "Refine tie points with the match graph. Automatic uses it when available.")))
         self.addParameter(_help(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Restrict matching to this extent"), optional=True),
             "Only look for tie points inside this rectangle (any CRS; it is reprojected to the reference). "
@@ -239,6 +263,9 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
             tgt_modality=self.enum_value(parameters, self.TARGET_MODALITY, context, MODALITIES),
             extent=extent,
             adapt=self.parameterAsBoolean(parameters, self.ADAPT, context),
+            adapt_budget_s=self.parameterAsDouble(parameters, self.ADAPT_BUDGET, context) or 30.0,
+            descriptor=self.enum_value(parameters, self.DESCRIPTOR, context, DESCRIPTORS),
+            graph=self.enum_value(parameters, self.GRAPH, context, GRAPH_MODES),
             overwrite=overwrite,
             threads=threads,
         )
