@@ -83,6 +83,21 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("-o", "--out", required=True, help="CSV: a_x,a_y,b_x,b_y,score,inlier")
     m.add_argument("--overwrite", action="store_true")
     _add_matching_options(m)
+    b = sub.add_parser("batch", help="co-register every pair of a CSV manifest (reference,target[,id,options])",
+                       description="Co-register every pair of MANIFEST into OUTDIR/<id>/ and write OUTDIR/summary.csv. "
+                       "The options below are the defaults of every row; manifest columns override them. "
+                       "Exit status: 0 all pairs ok or skipped, 1 some pair failed, 2 unusable manifest, "
+                       "130 interrupted. See docs/batch.md.")
+    b.add_argument("manifest", help="CSV with columns reference,target and optionally id and option columns")
+    b.add_argument("-o", "--outdir", required=True, help="output folder (one sub-folder per pair + summary.csv)")
+    b.add_argument("--grid", choices=GRIDS, default="reference", help="output grid of every pair (default reference)")
+    b.add_argument("--overwrite", action="store_true", help="redo pairs that are already done")
+    b.add_argument("-q", "--quiet", action="store_true", help="no line per pair, only the summary")
+    b.add_argument("--scheduler", default="local",
+                   help="local: a Dask cluster on this machine (default); sync: one pair after another in this "
+                   "process, no Dask; or the address of a running Dask scheduler, e.g. tcp://host:8786")
+    b.add_argument("--workers", type=int, help="worker processes of the local cluster (default: min(CPUs, pairs))")
+    _add_matching_options(b)
     from .train.cli import add_train_parser
 
     add_train_parser(sub)
@@ -139,6 +154,13 @@ def _run(ns) -> int:
         out = pipeline.apply(ns.source, ns.raster, ns.out, overwrite=ns.overwrite)
         print(f"Wrote {out}")
         return 0
+    if ns.command == "batch":
+        from .batch import print_batch_result, run_batch
+
+        res = run_batch(ns.manifest, ns.outdir, _config(ns, grid=ns.grid), scheduler=ns.scheduler,
+                        workers=ns.workers, overwrite=ns.overwrite,
+                        report=None if ns.quiet else (lambda line: print(line, flush=True)))
+        return print_batch_result(res)
     if ns.command == "train":
         from .train.cli import run_train
 
