@@ -27,6 +27,19 @@ class Prepared:
     seconds: float = 0.0
 
 
+def _refuse_tiny(shape: tuple[int, ...], role: str, path: str) -> None:
+    """InputError when the area to match is smaller than the smallest matching window."""
+    from .matching.matcher import MatchSettings
+
+    h, w = shape
+    n = MatchSettings.min_template
+    if min(h, w) < n:
+        raise InputError(f"The area to match is too small: only {w}x{h} px of the {role} '{path}' "
+                         "(the part of it that the other raster covers).",
+                         f"Both rasters must cover at least {n}x{n} px of common ground; check that the right "
+                         "rasters were chosen, or use larger ones.")
+
+
 def prepare(data: np.ndarray, valid: np.ndarray, dtype_name: str, descriptions: list[str] | tuple[str, ...],
             role: str, path: str, modality: str = "auto", bands: tuple[int, ...] | None = None,
             use_denoise: bool = True) -> Prepared:
@@ -47,6 +60,7 @@ def prepare(data: np.ndarray, valid: np.ndarray, dtype_name: str, descriptions: 
                             info.stats)
     image = reduce_bands(data, valid, info, bands=bands)
     if is_constant(image, valid):
+        _refuse_tiny(valid.shape, role, path)  # a 1-pixel overlap is "constant" too: say what is wrong
         raise InputError(f"The {role} '{path}' is constant in the area to match: there is nothing to match.",
                          "Choose another band, or check that the raster is not empty.")
     stats: dict = {"enabled": bool(use_denoise)}
