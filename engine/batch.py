@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .config import CoregConfig
+from .config import DESCRIPTORS, DEVICES, GRAPH_MODES, GRIDS, MODALITIES, TRANSFORMS, CoregConfig
 from .errors import HSSCLError, InputError
 from .io.output import atomic_path, prepare_outdir
 
@@ -45,6 +45,8 @@ OPTION_COLUMNS: dict[str, tuple[str, str]] = {
     "ref_bands": ("ref_bands", "bands"), "tgt_bands": ("tgt_bands", "bands"),
     "extent": ("extent", "extent"), "weights": ("weights", "path"),
 }
+_CHOICES = {"transform": TRANSFORMS, "grid": GRIDS, "device": DEVICES, "ref_modality": MODALITIES,
+            "tgt_modality": MODALITIES, "descriptor": DESCRIPTORS, "graph": GRAPH_MODES}
 _TRUE, _FALSE = {"1", "true", "yes", "y", "on"}, {"0", "false", "no", "n", "off"}
 _SEP = re.compile(r"[\s,;|]+")
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul", *(f"com{i}" for i in range(1, 10)), *(f"lpt{i}" for i in range(1, 10))}
@@ -93,9 +95,11 @@ def safe_folder_name(text: str) -> str:
     return s
 
 
-def _value(kind: str, text: str, base: Path) -> Any:
+def _value(name: str, kind: str, text: str, base: Path) -> Any:
     low = text.strip().lower()
     if kind == "choice":
+        if low not in _CHOICES[name]:
+            raise ValueError(f"use one of: {', '.join(_CHOICES[name])}")
         return low
     if kind == "int":
         return int(text)
@@ -227,7 +231,7 @@ def _parse_row(n: int, line: int, header: list[str], cells: list[str], base: Pat
             continue  # blank cell = the batch default
         name, kind = OPTION_COLUMNS[col]
         try:
-            options[name] = _value(kind, txt, base)
+            options[name] = _value(name, kind, txt, base)
         except ValueError as exc:
             problems.append(f"{col} '{txt}' is not usable ({exc})")
     if not problems:
