@@ -1,0 +1,172 @@
+"""`make bench-scale`: time, peak memory and accuracy of `hsscl coregister` on 1k, 4k and 10980 px scenes.
+
+    .venv/bin/python -m bench.scale [--sizes 1024,4096,10980] [--out docs/benchmarks.md] [--threads 1]
+
+How the scenes are made (inputs under ``.bench/scale/``, git-ignored, rebuilt when missing):
+
+1. **Source blocks (real data).** The two Sentinel-2A 10 m scenes of ``shared/data/arosics_INTER1_S2A_S2A``
+   (tile T33UUU, 2016-06-08 and 2016-05-29, UInt16, Apache-2.0 / Copernicus data, redistributable) are
+   decoded, and 1280 x 1280 px blocks are cut from their fully valid part (no nodata wedge): three from
+   each scene (``SOURCE_BLOCKS``), six real blocks in all.
+2. **Reference mosaic.** A ``size`` x ``size`` UInt16 GeoTIFF (tiled, DEFLATE; EPSG:32633, 10 m, origin
+   (300000, 5900000)) is filled block by block with a seeded random choice of block and of one of its
+   eight flips/transposes (so that neighbouring blocks differ), cropped at the right and bottom edges.
+   Only one block is in memory at a time.
+3. **Target (known misregistration).** The reference mosaic is resampled by ``gdalwarp`` (cubic, streamed)
+   through a known similarity ``T`` (reference pixel -> target pixel) about the scene centre: shift
+   (+6.4, -3.7) px, rotation 0.03 deg, scale 1 + 1e-4 (at the corner of a 10980 px scene the rotation and
+   the scale add about 4 px). The target keeps the reference's geotransform, so its georeferencing is
+   wrong by exactly ``T``; target pixels that ``T`` maps outside the mosaic are nodata (0).
+   The pair is mono-temporal and single-sensor: it measures scale (memory, time, tiling), not
+   multimodal robustness, which the main benchmark does.
+
+What is measured, per size (one `hsscl coregister` subprocess each, ``--threads 1``):
+- wall time and peak RSS of the subprocess (``os.wait4``: the child's own peak, GDAL warp included);
+- the true error of the estimated correction: ``|model(q) - T(q)|`` at a 41 x 41 grid of check positions
+  ``q`` over the reference (inside the part the target covers), RMSE and maximum, in pixels;
+- the GDAL warp-only time: ``gdalwarp`` of the same target onto the reference grid through the true
+  transform (bilinear, the same creation options as our output), and the ratio total / warp-only.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+if __package__ in (None, ""):  # `python bench/scale.py`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    __package__ = "bench"
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".bench" / "scale"
+SIZES = (1024, 4096, 10980)
+BLOCK = 1280
+AROSICS = "arosics_INTER1_S2A_S2A"
+#: (file, column, row) of the 1280 px blocks cut from the fully valid part of each real scene
+SOURCE_BLOCKS = (("ref_S2A_20160608T153121_T33UUU_sub.jp2", 1100, 0),
+                 ("ref_S2A_20160608T153121_T33UUU_sub.jp2", 1100, 960),
+                 ("ref_S2A_20160608T153121_T33UUU_sub.jp2", 1100, 1920),
+                 ("tgt_S2A_20160529T153631_T33UUU_sub.jp2", 700, 0),
+                 ("tgt_S2A_20160529T153631_T33UUU_sub.jp2", 700, 960),
+                 ("tgt_S2A_20160529T153631_T33UUU_sub.jp2", 700, 1870))
+ORIGIN = (300000.0, 5900000.0)
+PIXEL = 10.0
+EPSG = 32633
+TRUTH = {"shift": (6.4, -3.7), "rotation_deg": 0.03, "scale": 1.0001}
+CREATION = ["TILED=YES", "COMPRESS=DEFLATE", "PREDICTOR=2", "BIGTIFF=IF_SAFER"]
+
+
+def shared_root() -> Path:
+    env = os.environ.get("HSSCL_SHARED_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def source_blocks(shared: Path) -> list[np.ndarray]:
+    """The real 1280 px blocks (UInt16), in ``SOURCE_BLOCKS`` order."""
+    from osgeo import gdal
+
+    gdal.UseExceptions()
+    out = []
+    for name, x, y in SOURCE_BLOCKS:
+        ds = gdal.Open(str(shared / AROSICS / name))
+        a = ds.GetRasterBand(1).ReadAsArray(x, y, BLOCK, BLOCK)
+        if not (a > 0).all():
+            raise RuntimeError(f"block ({x}, {y}) of {name} holds nodata")
+        out.append(a)
+    return out
+
+
+def truth_matrix(size: int) -> np.ndarray:
+    """2x3 affine of ``T`` (reference pixel -> target pixel) for a ``size`` px scene."""
+    c = size / 2.0
+    a = np.deg2rad(TRUTH["rotation_deg"])
+    s = TRUTH["scale"]
+    r = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    t = np.array([c, c]) + np.array(TRUTH["shift"]) - r @ np.array([c, c])
+    return np.hstack([r, t[:, None]])
+
+
+def build_reference(path: Path, size: int, shared: Path, seed: int = 7) -> None:
+    """Write the real-data mosaic (see the module docstring) block by block."""
+    from osgeo import gdal, osr
+
+    gdal.UseExceptions()
+    blocks = source_blocks(shared)
+    rng = np.random.default_rng(seed)
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(EPSG)
+    tmp = path.with_suffix(".part.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(str(tmp), size, size, 1, gdal.GDT_UInt16, CREATION)
+    ds.SetGeoTransform((ORIGIN[0], PIXEL, 0.0, ORIGIN[1], 0.0, -PIXEL))
+    ds.SetProjection(srs.ExportToWkt())
+    band = ds.GetRasterBand(1)
+    band.SetNoDataValue(0)
+    for y in range(0, size, BLOCK):
+        for x in range(0, size, BLOCK):
+            b = blocks[int(rng.integers(len(blocks)))]
+            k = int(rng.integers(8))
+            b = np.rot90(b, k % 4)
+            if k >= 4:
+                b = b[:, ::-1]
+            band.WriteArray(np.ascontiguousarray(b[:size - y, :size - x]), x, y)
+    ds.FlushCache()
+    ds = None
+    os.replace(tmp, path)
+
+
+def build_target(ref: Path, path: Path, size: int) -> None:
+    """Resample ``ref`` through the known ``T`` (streamed gdalwarp, cubic); same geotransform as ``ref``."""
+    from osgeo import gdal
+
+    gdal.UseExceptions()
+    m = truth_matrix(size)
+    src = gdal.Translate("", str(ref), format="VRT")
+    # source geotransform: reference pixel q -> "coordinates" T(q) = target pixel position
+    src.SetGeoTransform((m[0, 2], m[0, 0], m[0, 1], m[1, 2], m[1, 0], m[1, 1]))
+    src.SetProjection("")
+    tmp = path.with_suffix(".part.tif")
+    dst = gdal.GetDriverByName("GTiff").Create(str(tmp), size, size, 1, gdal.GDT_UInt16, CREATION)
+    dst.SetGeoTransform((0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    dst.GetRasterBand(1).SetNoDataValue(0)
+    gdal.Warp(dst, src, resampleAlg="cubic", srcNodata=0, dstNodata=0, errorThreshold=0.0,
+              warpOptions=["INIT_DEST=NO_DATA"])
+    ref_ds = gdal.Open(str(ref))
+    dst.SetGeoTransform(ref_ds.GetGeoTransform())
+    dst.SetProjection(ref_ds.GetProjection())
+    dst.FlushCache()
+    dst = None
+    os.replace(tmp, path)
+
+
+def make_pair(folder: Path, size: int, shared: Path | None = None) -> tuple[Path, Path]:
+    """Reference and target of ``size`` px under ``folder`` (built when missing)."""
+    shared = shared or shared_root()
+    folder.mkdir(parents=True, exist_ok=True)
+    ref, tgt = folder / f"ref_{size}.tif", folder / f"tgt_{size}.tif"
+    if not ref.exists():
+        build_reference(ref, size, shared)
+    if not tgt.exists():
+        build_target(ref, tgt, size)
+    return ref, tgt
+
+
+def true_error(correction_json: Path, size: int, n: int = 41) -> dict:
+    """|model(q) - T(q)| (pixels) at an n x n grid of reference positions the target covers."""
+    from hsscl.engine.correction import Correction
+
+    model = Correction.load(correction_json).model
+    m = truth_matrix(size)
+    u = np.linspace(0.02 * size, 0.98 * size, n)
+    q = np.stack(np.meshgrid(u, u), -1).reshape(-1, 2)
+    t = q @ m[:, :2].T + m[:, 2]
+    inside = ((t >= 0) & (t <= size)).all(1)
+    e = np.hypot(*(model(q[inside]) - t[inside]).T)
+    return {"rmse_px": float(np.sqrt(np.mean(e ** 2))), "max_px": float(e.max()), "points": int(inside.sum())}
