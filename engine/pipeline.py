@@ -44,6 +44,7 @@ from .io.vector import read_tiepoints_gpkg, write_tiepoints_gpkg
 from .matching.matcher import MatchSettings
 from .preprocess import prepare
 from .progress import Monitor
+from .scene import plan_scene
 from .tiepoints import TiePoints
 from .warp import apply_correction
 
@@ -166,13 +167,14 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
     if config.extent is not None:
         win = _intersect(win, _extent_window(ref_grid, config.extent))
     match_grid = ref_grid.subgrid(win)
-    ref_data, ref_valid = read_bands(ref_info.path, window=win)
+    plan = plan_scene(ref_info, tgt_info, win, match_grid, config)  # large: decimated reads, then tiles
+    ref_data, ref_valid = read_bands(ref_info.path, window=win) if plan is None else plan.read_reference()
     mon.check()
     if ref_grid.georeferenced:
-        mov_data, mov_valid = read_bands(tgt_info.path, out_grid=match_grid)
+        mov_data, mov_valid = read_bands(tgt_info.path, out_grid=match_grid) if plan is None else plan.read_target()
         to_target = _moving_to_target(match_grid, tgt_grid)
     else:
-        mov_data, mov_valid = read_bands(tgt_info.path)
+        mov_data, mov_valid = read_bands(tgt_info.path) if plan is None else plan.read_target()
         to_target = _moving_to_target(None, tgt_grid)
     timings["read"] = time.perf_counter() - t
     mon.report(0.05, "images read")
@@ -188,14 +190,19 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
     descriptor = get_descriptor(config.descriptor, config.weights, str(device))
     settings = MatchSettings(max_shift_px=max_shift, max_rotation_deg=config.max_rotation_deg,
                              max_scale=config.max_scale_change, seed=config.seed)
+    if plan is not None:  # the matcher first runs on the decimated images: global prior
+        settings = plan.overview_settings(settings)
     R = torch.from_numpy(pr.image)[None, None].to(device)
     RV = torch.from_numpy(pr.valid)[None, None].to(device)
     M = torch.from_numpy(pt.image)[None, None].to(device)
     MV = torch.from_numpy(pt.valid)[None, None].to(device)
     t = time.perf_counter()
-    with mon.stage(0.15, 0.85, "matching"):
+    with mon.stage(0.15, 0.85 if plan is None else 0.3, "matching" if plan is None else "matching (decimated)"):
         # config.adapt: first match, network adapted to the pair, second match, guard (engine/adapt.py)
         res, descriptor, adapt_note = match_adapted(R, RV, M, MV, descriptor, settings, config, device, mon)
+    if plan is not None:  # whole scene: tiles matched under the decimated result, merged (engine/scene.py)
+        with mon.stage(0.3, 0.85, "matching tiles"):
+            res = plan.match_tiles(res, descriptor, pr.modality.modality, pt.modality.modality, device, mon)
     timings["match"] = time.perf_counter() - t
 
     t = time.perf_counter()
