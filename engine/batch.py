@@ -385,19 +385,22 @@ def run_batch(manifest: str | os.PathLike, outdir: str | os.PathLike, defaults: 
     total = len(rows)
     for i, r in enumerate(sorted(results.values(), key=lambda r: r["row"]), start=1):
         say(_line(i, total, r))
-    interrupted = False
+    interrupted, stopped = False, ""
     try:
         if tasks:
             run = _run_sync if mode == "sync" else _run_dask
             run(tasks, out, results, lambda r: say(_line(len(results), total, r)), address, workers)
     except KeyboardInterrupt:
         interrupted = True
+    except BaseException as exc:
+        stopped = f"not run: the batch stopped ({exc})"
+        raise
     finally:
         for row, _task in tasks:
             if row.row not in results:
-                results[row.row] = _summary_row(row, out, status="cancelled",
-                                                message="cancelled (Ctrl-C) before it finished; run the batch "
-                                                        "again to do it")
+                results[row.row] = _summary_row(
+                    row, out, status="failed" if stopped else "cancelled",
+                    message=stopped or "cancelled (Ctrl-C) before it finished; run the batch again to do it")
         summary = out / SUMMARY_NAME
         write_summary(summary, list(results.values()))
     return BatchResult(sorted(results.values(), key=lambda r: r["row"]), str(summary),

@@ -204,6 +204,17 @@ def test_ctrl_c_cancels_the_rest_and_writes_the_summary(tmp_path, monkeypatch):
     assert "run the batch again" in rows["002_s1_target_misregistered"]["message"]
 
 
+def test_a_batch_that_stops_lists_the_pairs_not_run(tmp_path, monkeypatch):
+    def unreachable(*_a):
+        raise InputError("Cannot connect to the Dask scheduler at tcp://10.0.0.9:8786.")
+    monkeypatch.setattr(batch, "_run_dask", unreachable)
+    with pytest.raises(InputError):
+        run_batch(three_rows(tmp_path), tmp_path / "out", scheduler="tcp://10.0.0.9:8786")
+    _, rows = read_summary(tmp_path / "out")
+    assert {r["status"] for r in rows.values()} == {"failed"}
+    assert all("not run: the batch stopped (Cannot connect" in r["message"] for r in rows.values())
+
+
 def test_without_dask_local_falls_back_to_sync_with_a_note(tmp_path, monkeypatch):
     calls: list[str] = []
     monkeypatch.setattr(batch, "run_pair", fake_pair(calls))
