@@ -35,8 +35,10 @@ from .errors import InputError, NotEnoughMatchesError
 from .geometry.robust import magsac
 from .geometry.transforms import Affine
 from .io.raster import RasterGrid, RasterInfo, Window, read_bands
-from .matching.fine import FineMatches, fine_match, grid_centres
+from .matching.fine import FineMatches, grid_centres
 from .matching.matcher import MatchResult, MatchSettings
+from .matching.ncc import masked_zncc, subpixel_peak
+from .matching.sampling import pixel_grid, sample
 from .preprocess import prepare
 
 TILED_ABOVE_PX = 2048        # windows larger than this on a side are matched tile by tile
@@ -252,14 +254,11 @@ class ScenePlan:
         RV = torch.from_numpy(pr.valid)[None, None].to(device)
         M = torch.from_numpy(pt.image)[None, None].to(device)
         MV = torch.from_numpy(pt.valid)[None, None].to(device)
-        ref_desc = descriptor(R, RV)
-        mon.check()
 
         def local(xy: np.ndarray) -> np.ndarray:  # tile ref px -> moving block px, through the prior
             return prior.model(np.asarray(xy, float) + roff) - moff
 
-        fm = fine_match(ref_desc, RV, M, MV, local, centres - roff, TEMPLATE_PX, prior.radius, descriptor,
-                        monitor=mon)
+        fm = chip_match(R, RV, M, MV, local, centres - roff, TEMPLATE_PX, prior.radius, descriptor, monitor=mon)
         fm = FineMatches(fm.ref_xy + roff, fm.mov_xy + moff, fm.score, fm.distinct, fm.n_windows)
         d["matches"] = len(fm)
         if len(fm) < MIN_TILE_INLIERS:
@@ -274,6 +273,65 @@ class ScenePlan:
         if fit.n_inliers < MIN_TILE_INLIERS or ratio < MIN_TILE_RATIO:
             return fm, fit.inlier, f"too few consistent matches ({fit.n_inliers} of {fm.n_windows} windows)"
         return fm, fit.inlier, ""
+
+
+def chip_match(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mov_valid: torch.Tensor, model,
+               centres: np.ndarray, template: int, radius: int, descriptor, batch: int = 48,
+               min_valid: float = 0.7, min_search_valid: float = 0.95, border: int = 6,
+               monitor=None) -> FineMatches:
+    """:func:`~.matching.fine.fine_match` on chips: only the templates and their search windows are described.
+
+    For sparse templates (a scene's tie point grid) this costs a fraction of describing the whole tile.
+    ``model`` maps reference pixels to moving pixels; the moving chips are resampled through it (bilinear),
+    the descriptor sees ``border`` pixels of context around each chip. Same matching as ``fine_match``:
+    masked ZNCC over offsets in [-radius, radius], sub-pixel peak, search windows cut by the moving
+    image's edge rejected.
+    Shapes: ref, ref_valid (1,1,H,W); mov, mov_valid (1,1,H2,W2); centres (N, 2) reference pixel centres.
+    """
+    H, W = ref.shape[-2:]
+    half = template // 2
+    x0 = (centres[:, 0] - 0.5).astype(int) - half
+    y0 = (centres[:, 1] - 0.5).astype(int) - half
+    ok = (x0 - border >= 0) & (y0 - border >= 0) & (x0 + template + border <= W) & (y0 + template + border <= H)
+    centres, x0, y0 = centres[ok], x0[ok], y0[ok]
+    st, sm_ = template + 2 * border, template + 2 * radius + 2 * border
+    r_t = torch.arange(st, device=ref.device)
+    local = pixel_grid(sm_, sm_, dtype=torch.float64).reshape(-1, 2).numpy() - (radius + border)
+    out = []
+    n_windows = 0
+    for i in range(0, len(centres), batch):
+        xs, ys = x0[i:i + batch] - border, y0[i:i + batch] - border
+        iy = torch.as_tensor(ys, device=ref.device).view(-1, 1, 1) + r_t.view(1, -1, 1)
+        ix = torch.as_tensor(xs, device=ref.device).view(-1, 1, 1) + r_t.view(1, 1, -1)
+        rc = ref[0, 0][iy, ix][:, None]                      # (n, 1, st, st)
+        rv = ref_valid[0, 0][iy, ix][:, None]
+        tl = np.stack([x0[i:i + batch], y0[i:i + batch]], 1).astype(float)  # template top-left corners
+        pts = (tl[:, None, :] + local[None]).reshape(-1, 2)
+        xy = torch.tensor(model(pts), dtype=torch.float32, device=mov.device).view(len(tl), sm_, sm_, 2)
+        mc = sample(mov, xy)
+        mv = sample(mov_valid.float(), xy) > 0.99
+        b = slice(border, -border)
+        tpl = descriptor(rc, rv)[:, :, b, b]
+        tm = rv[:, :, b, b]
+        sr = descriptor(mc, mv)[:, :, b, b]
+        sv = mv[:, :, b, b]
+        frac = tm.float().mean(dim=(1, 2, 3))
+        z, _ = masked_zncc(tpl, tm, sr, sv, min_overlap=0.6)
+        off, peak, second = subpixel_peak(z, exclusion=2)
+        cut = sv.float().mean(dim=(1, 2, 3)) < min_search_valid
+        n_windows += int((~cut & (frac >= min_valid)).sum())
+        peak = torch.where(cut | (frac < min_valid), torch.full_like(peak, -1.0), peak)
+        out.append((off.double().cpu().numpy() - radius, peak.cpu().numpy(), (peak - second).cpu().numpy()))
+        if monitor is not None:
+            monitor.report(min(1.0, (i + batch) / len(centres)), "fine matching")
+    if not out:
+        return FineMatches.empty()
+    d = np.concatenate([o[0] for o in out])
+    peak = np.concatenate([o[1] for o in out])
+    dist = np.concatenate([o[2] for o in out])
+    good = peak > -1.0
+    c = centres[good]
+    return FineMatches(c, model(c + d[good]), peak[good], dist[good], n_windows)
 
 
 def plan_scene(ref: RasterInfo, tgt: RasterInfo, window: Window, match_grid: RasterGrid,
