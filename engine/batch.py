@@ -348,6 +348,8 @@ def run_batch(manifest: str | os.PathLike, outdir: str | os.PathLike, defaults: 
     t0 = time.perf_counter()
     say = report or (lambda _msg: None)
     defaults = defaults or CoregConfig()
+    if defaults.weights:  # workers may run in another folder (or on another machine)
+        defaults = defaults.replace(weights=os.path.abspath(defaults.weights))
     mode, address = _scheduler_mode(scheduler)
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}.", "Give a number of worker processes, e.g. 2.")
