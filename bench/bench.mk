@@ -1,9 +1,12 @@
 # Benchmark targets; included from the main Makefile (`include bench/bench.mk`).
 # `make bench`: all cases (< 30 min on 2 cores); `make bench-quick`: about a dozen cases (< 5 min).
 # Both set up the project (.venv) and the peers' own venv (.bench/venv) first; both are idempotent.
+# `make bench-scale`: time / peak memory / accuracy on 1k, 4k and 10980 px real-data scenes (bench/scale.py,
+# about 10 min); `make bench` runs it after the cases and writes its "Scale" section of docs/benchmarks.md.
 BENCH_ARGS ?=
+SCALE_ARGS ?=
 
-.PHONY: bench bench-quick bench-setup
+.PHONY: bench bench-quick bench-setup bench-scale
 
 bench-setup:
 	bash scripts/setup.sh
@@ -11,7 +14,12 @@ bench-setup:
 
 bench: bench-setup
 	.venv/bin/python -m bench.run --out docs/benchmarks.md $(BENCH_ARGS)
+	.venv/bin/python -m bench.scale --out docs/benchmarks.md
 
 bench-quick: bench-setup
 	.venv/bin/python -m bench.run --quick --out .bench/benchmarks_quick.md --csv .bench/benchmarks_quick.csv \
 		--plot .bench/bench_cdf_quick.png $(BENCH_ARGS)
+
+bench-scale:
+	bash scripts/setup.sh
+	.venv/bin/python -m bench.scale --out docs/benchmarks.md $(SCALE_ARGS)
