@@ -161,7 +161,7 @@ class ScenePlan:
     def _read_tile(self, core: tuple[int, int, int, int], prior: Prior):
         """Reference block and moving block of one tile, with their offsets (window / moving frame px)."""
         x0, y0, x1, y1 = core
-        pad = TEMPLATE_PX // 2 + 8
+        pad = TEMPLATE_PX // 2 + 16  # chips take up to 16 px of context
         rx0, ry0 = x0 - pad, y0 - pad
         rwin = Window(self.window.col_off + rx0, self.window.row_off + ry0, x1 - x0 + 2 * pad, y1 - y0 + 2 * pad)
         ref_data, ref_valid = read_bands(self.ref.path, None, window=rwin)
@@ -258,7 +258,10 @@ class ScenePlan:
         def local(xy: np.ndarray) -> np.ndarray:  # tile ref px -> moving block px, through the prior
             return prior.model(np.asarray(xy, float) + roff) - moff
 
-        fm = chip_match(R, RV, M, MV, local, centres - roff, TEMPLATE_PX, prior.radius, descriptor, monitor=mon)
+        # context around each chip: CFOG's kernels reach 4 px; a network sees further
+        border = 6 if getattr(descriptor, "name", "") == "cfog" else 16
+        fm = chip_match(R, RV, M, MV, local, centres - roff, TEMPLATE_PX, prior.radius, descriptor,
+                        border=border, monitor=mon)
         fm = FineMatches(fm.ref_xy + roff, fm.mov_xy + moff, fm.score, fm.distinct, fm.n_windows)
         d["matches"] = len(fm)
         if len(fm) < MIN_TILE_INLIERS:
