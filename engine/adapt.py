@@ -62,6 +62,8 @@ class AdaptSettings:
     norm_tiles: int = 4              # per image
     rematch_factor: float = 2.0      # a network match takes about this many times a CFOG match
     min_gain: float = 0.03           # evidence score the adapted match must gain to be kept
+    min_gain_switch: float = 0.1     # ... when the first match used another descriptor (CFOG, the default),
+                                     # which it must also match in precision (pass-2 affine RMSE)
     min_inlier_share: float = 0.8    # ... keeping this share of the first match's pass-2 inliers
     max_disagreement_px: float = 3.0  # ... and aligning within this of the first match
 
@@ -208,6 +210,18 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
     budget = float(config.adapt_budget_s)
     if res0 is not None:
         note["evidence"]["before"] = evidence(res0.diagnostics)
+    # the second match costs about the first one, more when the first used the cheaper CFOG
+    reserve = t_first * (1.0 if isinstance(descriptor, HSSCLDescriptor) else s.rematch_factor)
+    note["rematch_reserve_s"] = round(reserve, 2)
+    if reserve >= budget:
+        why = (f"the budget ({budget:g} s) is smaller than the time of a second match (about {reserve:.1f} s): "
+               "no adaptation was tried")
+        if first_error is not None:
+            first_error.details = f"{first_error.details}\nOn-the-fly adaptation: {why}".strip()
+            raise first_error
+        note["why"] = why + "; the original result is kept"
+        mon.log(f"adaptation: {note['why']}")
+        return res0, descriptor, note
     try:
         base, info = _network(descriptor, config, device)
     except HSSCLError as err:
@@ -224,9 +238,6 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
 
     with mon.stage(0.35, 0.4, "adaptation: normalisation statistics"):
         note["normalisation"] = refresh_norm_stats(model, [(ref, ref_valid), (mov, mov_valid)], s)
-    # the second match costs about the first one, more when the first used the cheaper CFOG
-    reserve = t_first * (1.0 if isinstance(descriptor, HSSCLDescriptor) else s.rematch_factor)
-    note["rematch_reserve_s"] = round(reserve, 2)
 
     if first_error is not None:
         note["why"] = (f"the first match ({first_name}) found no reliable alignment, so there are no "
@@ -329,15 +340,20 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
         ev0, ev1 = note["evidence"]["before"], evidence(res1.diagnostics)
         note["evidence"]["after"] = ev1
         dis = _disagreement(res0, res1)
+        switch = not isinstance(descriptor, HSSCLDescriptor)
+        gain = s.min_gain_switch if switch else s.min_gain
         note["disagreement_px"] = round(dis, 3)
         if dis > s.max_disagreement_px:
             why = f"the adapted match disagrees with the verified first alignment by {dis:.1f} px"
         elif ev1["pass2_inliers"] < s.min_inlier_share * ev0["pass2_inliers"]:
             why = (f"the adapted match keeps fewer verified tie points ({ev1['pass2_inliers']} vs "
                    f"{ev0['pass2_inliers']})")
-        elif ev1["score"] < ev0["score"] + s.min_gain:
+        elif switch and ev1["affine_rmse_px"] > ev0["affine_rmse_px"]:
+            why = (f"the adapted match is less precise than the first match ({first_name}): pass-2 affine RMSE "
+                   f"{ev1['affine_rmse_px']:.2f} vs {ev0['affine_rmse_px']:.2f} px")
+        elif ev1["score"] < ev0["score"] + gain:
             why = (f"the adapted match's evidence ({ev1['score']:.3f}) does not beat the first match's "
-                   f"({ev0['score']:.3f}) by {s.min_gain:g}")
+                   f"({ev0['score']:.3f}) by {gain:g}")
         else:
             note.update(kept="adapted", why=f"the adapted match's evidence ({ev1['score']:.3f}) beats the first "
                                             f"match's ({ev0['score']:.3f}) and agrees with it within {dis:.1f} px")
