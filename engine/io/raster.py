@@ -176,6 +176,9 @@ def open_dataset(path: str | os.PathLike) -> gdal.Dataset:
         if vec is not None:
             raise InputError(f"'{p}' is a vector dataset, not a raster.",
                              "Give a raster file (GeoTIFF, JPEG2000, PNG...).", details)
+        if not is_vsi and os.path.isdir(p):  # some rasters are folders (ESRI grids): only when GDAL said no
+            raise InputError(f"'{p}' is a folder, not a raster GDAL can read.",
+                             "Give a raster file in it (GeoTIFF, JPEG2000, PNG...).", details)
         raise InputError(f"'{p}' is not a readable raster (unknown format or corrupt file).",
                          "Check that the file is a complete raster GDAL can read, e.g. with gdalinfo.", details)
     if ds.RasterCount == 0:

@@ -13,7 +13,9 @@ Where each case of the issue is tested (this module unless named):
     complex SAR ........................... test_complex_sar_target_registers (test_io: amplitude read)
     16-bit, float32, 13 bands ............. test_multiband_and_dtypes_register
     shift beyond the search range ......... test_shift_beyond_the_search_range_is_refused
-    truncated GeoTIFF / text file ......... test_truncated_geotiff_fails_cleanly; text: test_bad_input, test_cli
+    truncated GeoTIFF / text file ......... test_truncated_geotiff_fails_cleanly; text: test_bad_input, test_cli;
+                                            a folder or /dev/null: test_folder_or_device_given_as_a_raster
+    negative --max-shift .................. test_negative_search_radius_is_a_clear_error (xfail: not validated)
     output folder not writable ............ test_bad_input (path under a file); test_unwritable_output_folder
     output exists ......................... test_bad_input, test_cli (match), test_warp; test_existing_outputs_untouched
     cancel midway ......................... test_cancel_midway_leaves_nothing (test_warp: apply_correction alone)
@@ -208,6 +210,26 @@ def test_bad_inputs_fail_cleanly_and_leave_inputs_alone(case, ben, tmp_path, cap
     line = fail(capsys, coreg(ref, tgt, out), out, [ref, tgt])
     for w in words:
         assert w in line, line
+
+
+def test_folder_or_device_given_as_a_raster(ben, tmp_path, capsys):
+    folder = tmp_path / "scenes"
+    folder.mkdir()
+    (folder / "readme.txt").write_text("the rasters are elsewhere\n")
+    out = tmp_path / "out"
+    line = fail(capsys, coreg(ben["b04"], folder, out), out, [ben["b04"]])
+    assert "is a folder" in line and "raster file" in line, line
+    line = fail(capsys, coreg("/dev/null", ben["b04"], out), out, [ben["b04"]])
+    assert "/dev/null" in line and "not a readable raster" in line, line
+
+
+@pytest.mark.xfail(reason="--max-shift is not validated (CoregConfig/cli): a negative radius ends in a torch "
+                          "RuntimeError traceback; see the issue 7 report", strict=False, raises=(RuntimeError,
+                                                                                                   AssertionError))
+def test_negative_search_radius_is_a_clear_error(ben, tmp_path, capsys):
+    out = tmp_path / "out"
+    line = fail(capsys, coreg(ben["b04"], ben["b08"], out, "--max-shift", "-5"), out, [ben["b04"], ben["b08"]])
+    assert "max-shift" in line or "search" in line, line
 
 
 def test_tiny_images_through_match(ben, tmp_path, capsys):
