@@ -1,4 +1,4 @@
-"""Command-line interface: ``hsscl coregister | apply | match``.
+"""Command-line interface: ``hsscl coregister | apply | match | batch | train``.
 
 User errors end with a non-zero exit status and one line on stderr saying what is wrong and what to
 try (no traceback); ``--debug`` shows the traceback.

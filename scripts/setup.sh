@@ -17,7 +17,7 @@ if [ ! -x .venv/bin/python ]; then
   echo "[setup] creating .venv (system site packages, for PyQGIS and GDAL)"
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-stamp=.venv/.hsscl-setup-$(sha256sum scripts/setup.sh pyproject.toml requirements.txt | sha256sum | cut -c1-16)
+stamp=.venv/.hsscl-setup-$(sha256sum scripts/setup.sh pyproject.toml requirements.txt constraints.txt | sha256sum | cut -c1-16)
 if [ ! -f "$stamp" ]; then
   echo "[setup] installing Python packages into .venv"
   .venv/bin/python -m pip install -q --upgrade "pip>=23" 
