@@ -98,7 +98,8 @@ def succeed(capsys, argv: list[str], inputs) -> str:
 
 
 def coreg(ref, tgt, outdir: Path, *extra: str) -> list[str]:
-    return ["coregister", str(ref), str(tgt), "-o", str(outdir), "-q", *extra]
+    # one torch thread: several times faster on a shared 2-core runner (threads do not spin against others)
+    return ["coregister", str(ref), str(tgt), "-o", str(outdir), "-q", "--threads", "1", *extra]
 
 
 def moved(src: str, out: Path, dx: float, dy: float, dtype: str | None = None) -> str:
@@ -147,6 +148,16 @@ def grid_errors(model, truth, lo: float, hi: float, step: float) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------ fixtures
 
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """``--threads 1`` sets torch's process-wide thread count: give the next modules theirs back."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def ben(shared_data):
     """Real 120 px BigEarthNet rasters: S2 B04/B08 (UInt16) and S1 VV (Float32), EPSG:32629; S1 VV EPSG:32633."""
@@ -163,7 +174,7 @@ def ben(shared_data):
 def ben_run(ben, tmp_path_factory):
     """One successful coregister of B08 onto B04 (its correction serves 'apply' and overwrite tests)."""
     out = tmp_path_factory.mktemp("ben_run") / "out"
-    pipeline.coregister(ben["b04"], ben["b08"], out, CoregConfig(seed=0))
+    pipeline.coregister(ben["b04"], ben["b08"], out, CoregConfig(seed=0, threads=1))
     return out
 
 
@@ -309,7 +320,7 @@ def test_complex_sar_target_registers(sample, tmp_path, capsys):
     assert ds.GetRasterBand(1).DataType == gdal.GDT_CFloat32   # nothing lost: the output stays complex
 
 
-@pytest.mark.parametrize("ref_type,tgt_type", [(None, None), ("UInt16", "Float32"), ("Float32", "UInt16")])
+@pytest.mark.parametrize("ref_type,tgt_type", [(None, None), ("Float32", "UInt16")])
 def test_multiband_and_dtypes_register(ref_type, tgt_type, data_file, tmp_path, capsys):
     """Real Sentinel-2: 12-band L2A reference, 13-band L1C target (Int16 as stored, or converted) whose
     georeferencing is 6 px east, 4 px south of the truth; every band of the target is kept."""
@@ -331,7 +342,10 @@ def test_multiband_and_dtypes_register(ref_type, tgt_type, data_file, tmp_path, 
 def test_shift_beyond_the_search_range_is_refused(sample, tmp_path, capsys):
     """150 px off with --max-shift 40: exit 3, never a wrong answer reported as success. The same
     content 20 px off is found with the same settings (so the refusal is about the range)."""
-    ref, tgt0 = sample
+    ref = str(tmp_path / "s2_crop.tif")   # a 320 px crop keeps the three runs short
+    tgt0 = str(tmp_path / "s1_crop.tif")
+    for src, dst in zip(sample, (ref, tgt0)):
+        gdal.Translate(dst, src, srcWin=[0, 0, 320, 320])
     for i, (src, dx, dy) in enumerate([(tgt0, 150, 0), (ref, 150, 100)]):
         far = moved(src, tmp_path / f"far{i}.tif", dx, dy)
         out = tmp_path / f"out{i}"
@@ -340,7 +354,7 @@ def test_shift_beyond_the_search_range_is_refused(sample, tmp_path, capsys):
     near = moved(ref, tmp_path / "near.tif", 20, 10)
     out = tmp_path / "near_out"
     succeed(capsys, coreg(ref, near, out, "--max-shift", "40"), [ref, near])
-    e = grid_errors(Correction.load(out / "correction.json").model, lambda p: p, 100, 348, 32)
+    e = grid_errors(Correction.load(out / "correction.json").model, lambda p: p, 60, 260, 25)
     assert e.max() < 0.3
 
 
@@ -419,7 +433,7 @@ CANCEL_CASES = [pytest.param(k, marks=pytest.mark.xfail(reason=_LATE_CANCEL.form
 def test_cancel_midway_leaves_nothing(when, existing, ben, ben_run, tmp_path):
     """Monitor.cancel_fn turns True after some progress: CancelledError, no output under its final name
     (or, with --overwrite over an earlier run, the earlier outputs byte for byte), no temporary files."""
-    if existing and when in ("reading", "done"):
+    if existing and when != "matching":
         pytest.skip("covered by the other cases (keeps the module short)")
     cond = CANCEL_AT[when]
     out = tmp_path / "out"
@@ -433,7 +447,7 @@ def test_cancel_midway_leaves_nothing(when, existing, ben, ben_run, tmp_path):
         state.update(f=f, m=m, reports=state["reports"] + 1)
 
     with pytest.raises(CancelledError):
-        pipeline.coregister(ben["b04"], ben["b08"], out, CoregConfig(seed=0, overwrite=existing),
+        pipeline.coregister(ben["b04"], ben["b08"], out, CoregConfig(seed=0, overwrite=existing, threads=1),
                             Monitor(report, lambda: cond(state["f"], state["m"])))
     assert state["reports"] > 1
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]
@@ -570,5 +584,6 @@ def test_same_seed_same_csv_bytes(ben, tmp_path, capsys):
     """Same inputs and seed through the CLI: byte-identical tie point CSVs."""
     a, b = tmp_path / "a.csv", tmp_path / "b.csv"
     for out in (a, b):
-        succeed(capsys, ["match", ben["b04"], ben["b08"], "-o", str(out), "--seed", "3"], [ben["b04"], ben["b08"]])
+        succeed(capsys, ["match", ben["b04"], ben["b08"], "-o", str(out), "--seed", "3", "--threads", "1"],
+                [ben["b04"], ben["b08"]])
     assert a.read_bytes() == b.read_bytes() and len(a.read_text().splitlines()) > 20
