@@ -52,6 +52,9 @@ class CoregConfig:
         check("tgt_modality", MODALITIES)
         check("descriptor", DESCRIPTORS)
         check("graph", GRAPH_MODES)
+        if self.max_shift_px is not None and not self.max_shift_px > 0:
+            raise InputError(f"The search radius must be positive, got {self.max_shift_px} px.",
+                             "Give the search radius in reference pixels, e.g. --max-shift 50, or leave it out.")
         if not self.adapt_budget_s > 0:
             raise InputError(f"The adaptation budget must be positive, got {self.adapt_budget_s} s.")
 

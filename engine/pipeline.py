@@ -10,6 +10,7 @@ Public functions:
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -262,19 +263,26 @@ def coregister(reference: str | os.PathLike, target: str | os.PathLike, outdir: 
     with mon.stage(0.0, 0.8, "estimating the correction"):
         est = estimate(reference, target, config, mon)
     paths = {k: str(out / v) for k, v in OUTPUT_NAMES.items()}
-    t = time.perf_counter()
-    with mon.stage(0.8, 0.98, "warping (GDAL)"):
-        apply_correction(est.correction, est.report["target"]["path"], paths["raster"], overwrite=True, monitor=mon)
-    t_warp = time.perf_counter() - t
-    write_tiepoints_gpkg(paths["tiepoints"], est.tiepoints.as_table(), est.correction.reference,
-                         est.correction.target)
-    with atomic_path(paths["correction"]) as tmp:
-        est.correction.save(tmp)
     report = dict(est.report)
-    report["timings_s"] = {**report["timings_s"], "warp": round(t_warp, 3)}
-    report["outputs"] = paths
-    _write_json(paths["report"], report)
-    mon.report(1.0, "done")
+    # All four outputs are written under temporary names and renamed together once all are complete:
+    # a cancel (checked during the warp) or an error leaves nothing new under the final names, and no
+    # cancel is checked after the renames (a finished run is never reported as cancelled).
+    with contextlib.ExitStack() as stack:
+        tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items()}
+        t = time.perf_counter()
+        with mon.stage(0.8, 0.98, "warping (GDAL)"):
+            apply_correction(est.correction, est.report["target"]["path"], tmp["raster"], overwrite=True,
+                             monitor=mon)
+        t_warp = time.perf_counter() - t
+        write_tiepoints_gpkg(tmp["tiepoints"], est.tiepoints.as_table(), est.correction.reference,
+                             est.correction.target)
+        est.correction.save(tmp["correction"])
+        report["timings_s"] = {**report["timings_s"], "warp": round(t_warp, 3)}
+        report["outputs"] = paths
+        with open(tmp["report"], "w") as f:
+            json.dump(report, f, indent=2, default=_json_default)
+        mon.check()  # last chance to cancel: after this, the outputs are moved into place
+    mon.finish("done")
     return CoregResult(str(out), paths, est, report)
 
 

@@ -35,6 +35,11 @@ class Monitor:
             self.report_fn(f, message)
         self.check()
 
+    def finish(self, message: str = "done") -> None:
+        """Report the end of the current stage without checking for cancel (the work is complete)."""
+        if self.report_fn is not None:
+            self.report_fn(self._hi, message)
+
     def log(self, message: str) -> None:
         self._messages.append(message)
         if self.report_fn is not None:

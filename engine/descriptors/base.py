@@ -23,7 +23,10 @@ class DenseDescriptor(Protocol):
 
 
 def get_descriptor(name: str = "auto", weights: str | None = None, device: str = "cpu") -> DenseDescriptor:
-    """Return the descriptor called ``name``; ``auto`` is the current engine default."""
+    """Return the descriptor called ``name``; ``auto`` is the current engine default (CFOG), or the network
+    when other ``weights`` are given (a user who picks weights means the network)."""
+    if name == "auto" and weights:
+        name = "hsscl"
     if name in ("auto", "cfog"):
         from .cfog import CFOG
 
