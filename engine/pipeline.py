@@ -286,12 +286,6 @@ def coregister(reference: str | os.PathLike, target: str | os.PathLike, outdir: 
     return CoregResult(str(out), paths, est, report)
 
 
-def _write_json(path: str, data: dict) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(data, f, indent=2, default=_json_default)
-
-
 def _json_default(o: Any):
     if isinstance(o, (np.floating, np.integer)):
         return o.item()
