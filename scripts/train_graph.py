@@ -2,7 +2,7 @@
 
 Usage:
     .venv/bin/python scripts/train_graph.py data  [--graphs 260]      # training graphs from the train cache
-    .venv/bin/python scripts/train_graph.py fit   [--minutes 5]       # -> resources/models/graph-0.1.0.safetensors
+    .venv/bin/python scripts/train_graph.py fit   [--epochs 80]       # -> resources/models/graph-0.1.0.safetensors
     .venv/bin/python scripts/train_graph.py eval  [--cases 20]        # graph off vs on, held-out bench cases
 
 ``eval`` reads the benchmark cases written by ``python -m bench.cases`` (.bench/cases) and uses only those
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 EVAL_PREFIXES = ("cfog_", "mmim_", "srif_", "osmnet_")
 
 
-def _cases(n: int) -> list[dict]:
+def _cases(n: int, skip: int = 0) -> list[dict]:
     d = ROOT / ".bench" / "cases"
     metas = [json.loads(p.read_text()) for p in sorted(d.glob("*/case.json"))]
     metas = [m for m in metas if m["id"].startswith(EVAL_PREFIXES)]
@@ -31,11 +31,11 @@ def _cases(n: int) -> list[dict]:
     for m in metas:
         groups.setdefault(m["id"].split("_")[0] + m["family"], []).append(m)
     out: list[dict] = []
-    while len(out) < n and any(groups.values()):
+    while len(out) < n + skip and any(groups.values()):
         for k in sorted(groups):
-            if groups[k] and len(out) < n:
+            if groups[k] and len(out) < n + skip:
                 out.append(groups[k].pop(0))
-    return out
+    return out[skip:]
 
 
 def true_errors(case: dict, model) -> np.ndarray:
@@ -50,13 +50,13 @@ def true_errors(case: dict, model) -> np.ndarray:
     return np.linalg.norm(back - q, axis=1)
 
 
-def evaluate_cases(n: int, modes=("off", "on"), log=print) -> dict:
+def evaluate_cases(n: int, skip: int = 0, modes=("off", "on"), log=print) -> dict:
     from hsscl.engine.config import CoregConfig
     from hsscl.engine.errors import HSSCLError
     from hsscl.engine.pipeline import estimate
 
     rows = []
-    for case in _cases(n):
+    for case in _cases(n, skip):
         row: dict = {"id": case["id"], "family": case["family"]}
         for mode in modes:
             cfg = CoregConfig(graph=mode, threads=1)
@@ -92,13 +92,34 @@ def evaluate_cases(n: int, modes=("off", "on"), log=print) -> dict:
     return {"summary": summary, "rows": rows}
 
 
+def register(weights: Path, version: str = "0.1.0") -> dict:
+    """Write (only) the "graph" entry of resources/models/registry.json from the weights and their train log."""
+    from hsscl.engine.graph.weights import GRAPH_MODEL
+    from hsscl.engine.network.registry import REGISTRY, sha256
+
+    log = json.loads(Path(str(weights) + ".train_log.json").read_text())["result"]
+    entry = {"name": GRAPH_MODEL, "version": version, "file": weights.name, "sha256": sha256(weights),
+             "bytes": weights.stat().st_size, "parameters": log["parameters"], "format": "hsscl-graph-1",
+             "recipe": "scripts/train_graph.py data (seeds 0 and 1) + fit; see README.md, section 'Match graph'",
+             "trained": {"epochs": log["epochs"], "seconds": log["seconds"], "device": "cpu (1 thread)",
+                         "graphs_train": log["graphs_train"], "graphs_val": log["graphs_val"]},
+             "data": log["samples"], "validation": log["validation"]}
+    reg = json.loads(REGISTRY.read_text())
+    reg["models"][GRAPH_MODEL] = entry
+    REGISTRY.write_text(json.dumps(reg, indent=2) + "\n")
+    print(json.dumps(entry, indent=1))
+    return entry
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("cmd", choices=("data", "fit", "eval"))
+    ap.add_argument("cmd", choices=("data", "fit", "register", "eval"))
     ap.add_argument("--graphs", type=int, default=260)
     ap.add_argument("--minutes", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--epochs", type=int, default=80)
     ap.add_argument("--cases", type=int, default=20)
+    ap.add_argument("--skip", type=int, default=0, help="leave out the first SKIP cases (a second, disjoint set)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     import torch
@@ -111,10 +132,13 @@ def main(argv: list[str] | None = None) -> int:
         T.generate(str(ROOT / ".traincache" / "hsscl_pairs.npz"), a.out or samples, a.graphs, a.seed,
                    a.minutes or 15.0)
     elif a.cmd == "fit":
-        T.fit(samples, a.out or str(ROOT / "resources" / "models" / "graph-0.1.0.safetensors"), a.minutes or 5.0,
-              a.seed)
+        files = sorted(str(p) for p in (ROOT / ".traincache").glob("graph_samples*.npz"))
+        T.fit(files, a.out or str(ROOT / "resources" / "models" / "graph-0.1.0.safetensors"), a.epochs, a.seed,
+              a.minutes or 30.0)
+    elif a.cmd == "register":
+        register(Path(a.out or ROOT / "resources" / "models" / "graph-0.1.0.safetensors"))
     else:
-        res = evaluate_cases(a.cases)
+        res = evaluate_cases(a.cases, a.skip)
         out = Path(a.out or ROOT / ".traincache" / "graph_eval.json")
         out.write_text(json.dumps(res, indent=1, default=str))
         print(f"wrote {out}")

@@ -4,8 +4,9 @@ Node features (``NODE_DIM`` per match), all scale-free:
     score, distinctiveness of the matching peak (as the matcher found them);
     residual (dx, dy, |d|) of the moving position from a robust global affine, in moving pixels / 4 (clipped);
     positions in both images, normalised to [-1, 1];
-    descriptor ZNCC of the match at two template sizes (``SCALES`` px), each on a 3 x 3 grid of 1 px offsets
-    (the centre value and the eight differences to it: how peaked and how off-centre the match is).
+    descriptor ZNCC of the match at two scales (``SCALES``: 16 px every pixel, 40 px every 2nd pixel), each on
+    a 3 x 3 grid of offsets of one sample (the centre value and the eight differences to it: how peaked and
+    how off-centre the match is).
 Edges ``j -> i``: the ``k`` nearest neighbours of ``i`` in the reference image plus its ``k_disp`` nearest in
 residual displacement (similar motion), without duplicates. Edge attributes (``EDGE_DIM``): relative
 reference position / spacing (2), residual difference (2) and its norm, score difference.
@@ -24,7 +25,7 @@ from ..geometry.transforms import Affine, fit_model
 from ..matching.fine import FineMatches
 from ..matching.sampling import sample
 
-SCALES = (16, 40)
+SCALES = ((16, 1), (40, 2))   # (template px, sampling step px): fine, and coarser context
 NODE_DIM = 9 + 9 * len(SCALES)
 EDGE_DIM = 6
 RES_CLIP = 8.0      # px: residuals beyond this are "far" whatever their size
@@ -53,9 +54,9 @@ def global_affine(fm: FineMatches, inlier: np.ndarray | None = None) -> Affine:
     return magsac(fm.ref_xy, fm.mov_xy, "affine", max_threshold=2.5, prior=np.clip(fm.score, 0.05, 1)).model
 
 
-def _patch_grid(centres: torch.Tensor, size: int, lin: torch.Tensor | None) -> torch.Tensor:
-    """Pixel positions of ``size`` x ``size`` patches centred on ``centres`` (N, 2), mapped by ``lin`` (2, 2)."""
-    r = torch.arange(size, dtype=torch.float32) - (size - 1) / 2
+def _patch_grid(centres: torch.Tensor, size: int, step: float, lin: torch.Tensor | None) -> torch.Tensor:
+    """Positions of ``size`` x ``size`` samples, ``step`` px apart, centred on ``centres`` (N, 2), mapped by ``lin``."""
+    r = (torch.arange(size, dtype=torch.float32) - (size - 1) / 2) * step
     yy, xx = torch.meshgrid(r, r, indexing="ij")
     off = torch.stack([xx, yy], -1)                                   # (S, S, 2)
     if lin is not None:
@@ -65,54 +66,67 @@ def _patch_grid(centres: torch.Tensor, size: int, lin: torch.Tensor | None) -> t
 
 def zncc_surfaces(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mov_valid: torch.Tensor,
                   ref_xy: np.ndarray, mov_xy: np.ndarray, lin: np.ndarray, descriptor,
-                  scales: tuple[int, ...] = SCALES, batch: int = 256) -> np.ndarray:
-    """Descriptor ZNCC of each match at every template size in ``scales``, on a 3 x 3 grid of 1 px offsets.
+                  scales: tuple[tuple[int, int], ...] = SCALES, batch: int = 512) -> np.ndarray:
+    """Descriptor ZNCC of each match at every scale, on a 3 x 3 grid of offsets of one sample.
 
-    Patches are resampled around the match in both images (the moving one through ``lin``, the global
-    affine's linear part) and described there. Shapes: images (1, 1, H, W), masks alike (bool);
-    ref_xy, mov_xy (N, 2) -> (N, 9 * len(scales)) float32 (-1 where there is no overlap).
+    A scale ``(t, step)`` is a template of ``t`` px sampled every ``step`` px (coarser context is sampled
+    more sparsely, which keeps the cost per scale alike). Patches are resampled around the match in both
+    images (the moving one through ``lin``, the global affine's linear part) and described there.
+    Shapes: images (1, 1, H, W), masks alike (bool); ref_xy, mov_xy (N, 2) -> (N, 9 * len(scales)) float32
+    (-1 where there is no overlap).
     """
     n = len(ref_xy)
     out = np.full((n, 9 * len(scales)), -1.0, np.float32)
     if n == 0:
         return out
     lin_t = torch.tensor(lin, dtype=torch.float32)
-    margin = 4
-    for s_i, t in enumerate(scales):
+    margin = 3
+    for s_i, (tpx, step) in enumerate(scales):
+        t = tpx // step
         size = t + 2 + 2 * margin
         for b0 in range(0, n, batch):
             rc = torch.tensor(ref_xy[b0:b0 + batch], dtype=torch.float32)
             mc = torch.tensor(mov_xy[b0:b0 + batch], dtype=torch.float32)
-            gr = _patch_grid(rc, size, None)
-            gm = _patch_grid(mc, size, lin_t)
-            pr, vr = sample(ref.float(), gr), sample(ref_valid.float(), gr) > 0.99
-            pm, vm = sample(mov.float(), gm), sample(mov_valid.float(), gm) > 0.99
-            dr = descriptor(pr, vr)[:, :, margin:-margin, margin:-margin]
-            dm = descriptor(pm, vm)[:, :, margin:-margin, margin:-margin]
-            vr, vm = vr[:, :, margin:-margin, margin:-margin], vm[:, :, margin:-margin, margin:-margin]
+            nb = len(rc)
+            pr, vr = _sample_patches(ref, ref_valid, _patch_grid(rc, size, step, None))
+            pm, vm = _sample_patches(mov, mov_valid, _patch_grid(mc, size, step, lin_t))
+            desc = descriptor(torch.cat([pr, pm]), torch.cat([vr, vm]))[:, :, margin:-margin, margin:-margin]
+            val = torch.cat([vr, vm])[:, :, margin:-margin, margin:-margin]
+            dr, dm, vr, vm = desc[:nb], desc[nb:], val[:nb], val[nb:]
             a, va = dr[:, :, 1:1 + t, 1:1 + t], vr[:, :, 1:1 + t, 1:1 + t]
-            k = 0
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    b = dm[:, :, 1 + dy:1 + dy + t, 1 + dx:1 + dx + t]
-                    vb = vm[:, :, 1 + dy:1 + dy + t, 1 + dx:1 + dx + t]
-                    out[b0:b0 + batch, 9 * s_i + k] = _zncc_pairs(a, b, (va & vb).float()).numpy()
-                    k += 1
+            win = [(1 + dy, 1 + dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+            b = torch.stack([dm[:, :, y:y + t, x:x + t] for y, x in win], 1)          # (nb, 9, C, t, t)
+            m = (va[:, None] & torch.stack([vm[:, :, y:y + t, x:x + t] for y, x in win], 1)).float()
+            z = _zncc_pairs(a[:, None], b, m)
+            out[b0:b0 + nb, 9 * s_i:9 * s_i + 9] = z.view(nb, 9).numpy()
     return out
 
 
+def _sample_patches(img: torch.Tensor, valid: torch.Tensor, grid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bilinear patches of one (1, 1, H, W) image at ``grid`` (B, S, S, 2) -> (B, 1, S, S) and valid (bool).
+
+    One grid_sample call over the stacked patches (never a per-patch copy of the whole image).
+    """
+    b, s = grid.shape[0], grid.shape[1]
+    g = grid.reshape(1, b * s, s, 2)
+    both = torch.cat([img.float(), valid.float()], 1)
+    out = sample(both, g).reshape(2, b, s, s).transpose(0, 1)
+    return out[:, :1].contiguous(), out[:, 1:] > 0.99
+
+
 def _zncc_pairs(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Masked ZNCC of paired (B, C, h, w) fields over all channels and pixels -> (B,)."""
-    c = a.shape[1]
-    n = (m.sum(dim=(1, 2, 3)) * c).clamp(min=1)
-    a, b = a * m, b * m
-    ma = a.sum(dim=(1, 2, 3)) / n
-    mb = b.sum(dim=(1, 2, 3)) / n
-    cov = (a * b).sum(dim=(1, 2, 3)) / n - ma * mb
-    va = (a * a).sum(dim=(1, 2, 3)) / n - ma * ma
-    vb = (b * b).sum(dim=(1, 2, 3)) / n - mb * mb
+    """Masked ZNCC of (broadcast) fields over channels and pixels, the last three dims: (..., C, h, w) -> (...)."""
+    dims = (-3, -2, -1)
+    c = b.shape[-3]
+    n = (m.sum(dim=dims) * c).clamp(min=1)
+    am, bm = a * m, b * m
+    ma = am.sum(dim=dims) / n
+    mb = bm.sum(dim=dims) / n
+    cov = (am * b).sum(dim=dims) / n - ma * mb
+    va = (am * a).sum(dim=dims) / n - ma * ma
+    vb = (bm * b).sum(dim=dims) / n - mb * mb
     z = cov / torch.sqrt(va.clamp(min=1e-12) * vb.clamp(min=1e-12))
-    ok = (va > 1e-9) & (vb > 1e-9) & (m.mean(dim=(1, 2, 3)) > 0.5)
+    ok = (va > 1e-9) & (vb > 1e-9) & (m.mean(dim=dims) > 0.5)
     return torch.where(ok, z.clamp(-1, 1), torch.full_like(z, -1.0))
 
 

@@ -12,7 +12,7 @@ is ``T(ref) - mov`` (clipped to the network's bound).
 Usage (seeded, CPU, one thread)::
 
     python -m hsscl.engine.graph.train data --out .traincache/graph_samples.npz --graphs 260
-    python -m hsscl.engine.graph.train fit --samples .traincache/graph_samples.npz --minutes 5 \
+    python -m hsscl.engine.graph.train fit --samples .traincache/graph_samples*.npz --epochs 80 \
         --out resources/models/graph-0.1.0.safetensors
 """
 from __future__ import annotations
@@ -206,13 +206,19 @@ def evaluate(model, graphs) -> dict:
             "refine_err_before": round(float(before.mean()), 4), "refine_err_after": round(float(after.mean()), 4)}
 
 
-def fit(samples: str, out: str, minutes: float, seed: int = 0, log=print) -> dict:
-    """Train on ``samples`` (90 % of the graphs; the rest validates), save the best-validating weights."""
+def fit(samples: list[str], out: str, epochs: int = 80, seed: int = 0, minutes: float = 30.0, log=print) -> dict:
+    """Train on the graphs of ``samples`` files (90 %; the rest validates), save the best-validating weights."""
     from .model import GraphNetConfig, MatchGraphNet
     from .weights import save_graph_weights
 
     torch.manual_seed(seed)
-    graphs, info = load_samples(samples)
+    graphs, infos = [], []
+    for path in samples:
+        g, i = load_samples(path)
+        graphs += g
+        infos.append(i)
+    info = {"files": [Path(p).name for p in samples], "graphs": len(graphs), "nodes": sum(i["nodes"] for i in infos),
+            "seeds": [i["seed"] for i in infos]}
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(graphs))
     n_val = max(1, len(graphs) // 10)
@@ -224,7 +230,7 @@ def fit(samples: str, out: str, minutes: float, seed: int = 0, log=print) -> dic
     pos_weight = torch.tensor((1 - pos) / max(pos, 1e-3)).clamp(0.5, 4.0)
     t0 = time.perf_counter()
     best, best_state, epoch, history = -1.0, None, 0, []
-    while time.perf_counter() - t0 < 60 * minutes:
+    while epoch < epochs and time.perf_counter() - t0 < 60 * minutes:
         model.train()
         perm = rng.permutation(len(train))
         for b0 in range(0, len(perm), 8):
@@ -270,16 +276,17 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--minutes", type=float, default=15.0, help="stop early after this long")
     d.add_argument("--seed", type=int, default=0)
     f = sub.add_parser("fit", help="train on generated graphs and write safetensors weights")
-    f.add_argument("--samples", default=str(ROOT / ".traincache" / "graph_samples.npz"))
+    f.add_argument("--samples", nargs="+", default=[str(ROOT / ".traincache" / "graph_samples.npz")])
     f.add_argument("--out", default=str(ROOT / "resources" / "models" / "graph-0.1.0.safetensors"))
-    f.add_argument("--minutes", type=float, default=5.0)
+    f.add_argument("--epochs", type=int, default=80)
+    f.add_argument("--minutes", type=float, default=30.0, help="stop early after this long")
     f.add_argument("--seed", type=int, default=0)
     a = ap.parse_args(argv)
     torch.set_num_threads(1)
     if a.cmd == "data":
         generate(a.cache, a.out, a.graphs, a.seed, a.minutes)
     else:
-        fit(a.samples, a.out, a.minutes, a.seed)
+        fit(a.samples, a.out, a.epochs, a.seed, a.minutes)
     return 0
 
 
