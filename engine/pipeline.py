@@ -211,7 +211,11 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
     # graph refinement (engine/graph): prune / refine candidates, inlier probability as the MAGSAC prior
     from .graph.refine import graph_refine
 
-    fm, graph_report = graph_refine(config.graph, fm, res.inlier, R, RV, M, MV, descriptor)
+    if plan is None:
+        fm, graph_report = graph_refine(config.graph, fm, res.inlier, R, RV, M, MV, descriptor)
+    else:  # R/M hold the decimated scene, not the images these full-resolution matches come from
+        graph_report = {"used": False, "reason": "not applied on the tiled path (whole scenes)",
+                        "nodes_in": len(fm), "nodes_out": len(fm), "seconds": 0.0}
     ref_xy = fm.ref_xy + [win.col_off, win.row_off]
     tgt_xy = to_target(fm.mov_xy)
     ok = np.isfinite(tgt_xy).all(1)
