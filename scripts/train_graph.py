@@ -59,7 +59,10 @@ def evaluate_cases(n: int, skip: int = 0, modes=("off", "on"), log=print) -> dic
     for case in _cases(n, skip):
         row: dict = {"id": case["id"], "family": case["family"]}
         for mode in modes:
-            cfg = CoregConfig(graph=mode, threads=1)
+            from hsscl.engine.graph import refine
+
+            refine.APPLY_SHIFT = mode != "prune-only"          # ablation: prune + prior, no position shift
+            cfg = CoregConfig(graph="on" if mode == "prune-only" else mode, threads=1)
             t = time.perf_counter()
             try:
                 est = estimate(case["reference"], case["target"], cfg)
@@ -121,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cases", type=int, default=20)
     ap.add_argument("--skip", type=int, default=0, help="leave out the first SKIP cases (a second, disjoint set)")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--modes", default="off,on", help="graph modes to compare: off, on, prune-only")
     a = ap.parse_args(argv)
     import torch
 
@@ -138,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.cmd == "register":
         register(Path(a.out or ROOT / "resources" / "models" / "graph-0.1.0.safetensors"))
     else:
-        res = evaluate_cases(a.cases, a.skip)
+        res = evaluate_cases(a.cases, a.skip, tuple(a.modes.split(",")))
         out = Path(a.out or ROOT / ".traincache" / "graph_eval.json")
         out.write_text(json.dumps(res, indent=1, default=str))
         print(f"wrote {out}")

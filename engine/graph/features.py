@@ -115,18 +115,21 @@ def _sample_patches(img: torch.Tensor, valid: torch.Tensor, grid: torch.Tensor) 
 
 
 def _zncc_pairs(a: torch.Tensor, b: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Masked ZNCC of (broadcast) fields over channels and pixels, the last three dims: (..., C, h, w) -> (...)."""
-    dims = (-3, -2, -1)
+    """Masked ZNCC over channels and pixels: a (..., C, h, w) broadcast against b, mask m (..., 1, h, w) -> (...).
+
+    Channel sums first, so that the mask (one value per pixel) multiplies C times fewer values.
+    """
+    dims = (-2, -1)
     c = b.shape[-3]
-    n = (m.sum(dim=dims) * c).clamp(min=1)
-    am, bm = a * m, b * m
-    ma = am.sum(dim=dims) / n
-    mb = bm.sum(dim=dims) / n
-    cov = (am * b).sum(dim=dims) / n - ma * mb
-    va = (am * a).sum(dim=dims) / n - ma * ma
-    vb = (bm * b).sum(dim=dims) / n - mb * mb
+    mm = m[..., 0, :, :]
+    n = (mm.sum(dim=dims) * c).clamp(min=1)
+    sa = (mm * a.sum(-3)).sum(dim=dims) / n
+    sb = (mm * b.sum(-3)).sum(dim=dims) / n
+    cov = (mm * (a * b).sum(-3)).sum(dim=dims) / n - sa * sb
+    va = (mm * (a * a).sum(-3)).sum(dim=dims) / n - sa * sa
+    vb = (mm * (b * b).sum(-3)).sum(dim=dims) / n - sb * sb
     z = cov / torch.sqrt(va.clamp(min=1e-12) * vb.clamp(min=1e-12))
-    ok = (va > 1e-9) & (vb > 1e-9) & (m.mean(dim=dims) > 0.5)
+    ok = (va > 1e-9) & (vb > 1e-9) & (mm.mean(dim=dims) > 0.5)
     return torch.where(ok, z.clamp(-1, 1), torch.full_like(z, -1.0))
 
 

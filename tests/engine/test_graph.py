@@ -153,8 +153,6 @@ def test_refinement_keeps_enough_and_passes_the_probability_as_prior(matched):
 
 @needs_pyg
 def test_graph_is_cheap_for_300_nodes(matched):
-    import time
-
     from hsscl.engine.graph.weights import load_registered_graph
 
     model, _ = load_registered_graph()
@@ -164,15 +162,27 @@ def test_graph_is_cheap_for_300_nodes(matched):
     big = FineMatches(fm.ref_xy[idx] + rng.uniform(-3, 3, (300, 2)), fm.mov_xy[idx], fm.score[idx],
                       fm.distinct[idx], 300)
     build_graph(big, None, matched["ref"], matched["rv"], matched["mov"], matched["mv"], matched["descriptor"])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)             # one core, measured as CPU time (the test machine may be shared)
+    try:
+        best = _cpu_seconds(model, big, matched)
+    finally:
+        torch.set_num_threads(threads)
+    assert best < 1.0, f"{best:.2f} s CPU for 300 nodes (0.4 s on a shared core, less when idle)"
+
+
+def _cpu_seconds(model, big, matched) -> float:
+    import time
+
     best = np.inf
-    for _ in range(2):                   # CPU time of this process (the test machine may be shared)
+    for _ in range(2):
         t = time.process_time()
         g = build_graph(big, None, matched["ref"], matched["rv"], matched["mov"], matched["mv"],
                         matched["descriptor"])
         with torch.no_grad():
             model(g.x, g.edge_index, g.edge_attr)
         best = min(best, time.process_time() - t)
-    assert best < 1.0, f"{best:.2f} s CPU for 300 nodes (0.2-0.4 s on an idle core)"
+    return best
 
 
 def _sample_errors(est) -> np.ndarray:
