@@ -22,7 +22,7 @@ screenshot: setup
 
 lint: setup
 	$(PY) -m pip install -q ruff mypy
-	$(PY) -m ruff check engine plugin scripts bench
+	$(PY) -m ruff check engine plugin scripts bench tests
 	$(PY) -m mypy engine
 
 clean:

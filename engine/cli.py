@@ -55,7 +55,7 @@ def _add_matching_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--descriptor", choices=DESCRIPTORS, default="auto",
                    help="dense descriptor: auto (the current default), cfog (weight-free) or hsscl (network)")
     p.add_argument("--graph", choices=GRAPH_MODES, default="auto",
-                   help="graph refinement of the matches: auto (when available, default), on, off")
+                   help="graph refinement of the matches (GNN): on, off, auto (default; off for now: no clear gain measured)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -30,7 +30,7 @@ class CoregConfig:
     extent: tuple[float, float, float, float] | None = None  # xmin, ymin, xmax, ymax in reference CRS
     adapt: bool = False              # on-the-fly domain adaptation to the pair
     adapt_budget_s: float = 30.0     # time budget of the adaptation steps
-    graph: str = "auto"              # graph refinement of matches: auto (when available) | on | off
+    graph: str = "auto"              # graph refinement of matches: auto (= off: no clear gain measured yet) | on | off
     max_shift_px: float | None = None  # coarse search radius; None = min(10 % of size, 100 px), at least 40 px
     max_rotation_deg: float = 5.0
     max_scale_change: float = 0.05

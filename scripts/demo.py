@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+
 from hsscl.engine import pipeline
 from hsscl.engine.config import CoregConfig
 from hsscl.engine.correction import Correction

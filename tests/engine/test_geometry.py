@@ -8,8 +8,15 @@ import pytest
 
 from hsscl.engine.fitting import CHECK_FRACTION, fit_correction
 from hsscl.engine.geometry.robust import choose_model, magsac
-from hsscl.engine.geometry.transforms import (Affine, Polynomial, Shift, ThinPlateSpline, fit_model, model_name,
-                                              transform_from_dict)
+from hsscl.engine.geometry.transforms import (
+    Affine,
+    Polynomial,
+    Shift,
+    ThinPlateSpline,
+    fit_model,
+    model_name,
+    transform_from_dict,
+)
 
 AFFINE = Affine.from_array(np.array([[1.013, 0.031, 12.4], [-0.027, 0.991, -7.9]]))
 

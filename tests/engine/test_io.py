@@ -9,12 +9,24 @@ import pytest
 from osgeo import gdal, ogr, osr
 
 from hsscl.engine.correction import Correction
-from hsscl.engine.errors import (CancelledError, GeoreferencingError, InputError, NoOverlapError, OutputError,
-                                 OutputExistsError)
+from hsscl.engine.errors import (
+    CancelledError,
+    GeoreferencingError,
+    InputError,
+    NoOverlapError,
+    OutputError,
+    OutputExistsError,
+)
 from hsscl.engine.geometry.transforms import Affine, Shift, fit_model
 from hsscl.engine.io.output import atomic_path, prepare_outdir
-from hsscl.engine.io.raster import (RasterGrid, Window, open_raster_info, overlap_window, read_bands,
-                                    transform_points)
+from hsscl.engine.io.raster import (
+    RasterGrid,
+    Window,
+    open_raster_info,
+    overlap_window,
+    read_bands,
+    transform_points,
+)
 
 gdal.UseExceptions()
 

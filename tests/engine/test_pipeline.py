@@ -15,8 +15,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
-from hsscl.engine.errors import NotEnoughMatchesError
 import pytest
 from osgeo import gdal, ogr, osr
 from scipy.ndimage import map_coordinates
@@ -24,6 +22,7 @@ from scipy.ndimage import map_coordinates
 from hsscl.engine import cli, pipeline
 from hsscl.engine.config import CoregConfig
 from hsscl.engine.correction import Correction
+from hsscl.engine.errors import NotEnoughMatchesError
 from hsscl.engine.geometry.transforms import Affine, fit_model
 
 gdal.UseExceptions()

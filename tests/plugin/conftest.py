@@ -68,9 +68,9 @@ def real_pipeline():
 @pytest.fixture
 def fake_pipeline(monkeypatch):
     """Replace the engine pipeline by tests/plugin/fake_pipeline.py (documented API, instant results)."""
-    from . import fake_pipeline as fake
-
     import hsscl.engine
+
+    from . import fake_pipeline as fake
 
     fake.behaviour.fail, fake.behaviour.delay, fake.behaviour.steps = None, 0.0, 5
     monkeypatch.setitem(sys.modules, "hsscl.engine.pipeline", fake)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 import pytest
-from qgis.core import QgsProject, QgsRectangle, QgsCoordinateReferenceSystem, QgsRuleBasedRenderer
+from qgis.core import QgsCoordinateReferenceSystem, QgsProject, QgsRectangle, QgsRuleBasedRenderer
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtTest import QTest
 

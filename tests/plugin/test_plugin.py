@@ -33,8 +33,9 @@ def test_load_registers_provider_and_action(plugin, qgis_iface):
 
 
 def test_unload_leaves_nothing_behind(qgis_iface, qgis_processing, qgis_canvas):
-    import hsscl
     from qgis.PyQt.QtWidgets import QDockWidget
+
+    import hsscl
 
     plugin = hsscl.classFactory(qgis_iface)
     plugin.initGui()
@@ -77,9 +78,9 @@ def test_processing_only_start_without_iface(qgis_processing):
 
 
 def test_start_up_imports_no_heavy_module():
-    code = ("import sys; sys.path.insert(0, %r); import hsscl, hsscl.plugin.main, hsscl.plugin.provider; "
+    code = (f"import sys; sys.path.insert(0, {str(ROOT.parent)!r}); import hsscl, hsscl.plugin.main, hsscl.plugin.provider; "
             "heavy = [m for m in ('torch', 'torch_geometric', 'hsscl.engine.pipeline') if m in sys.modules]; "
-            "print(heavy); sys.exit(1 if heavy else 0)") % str(ROOT.parent)
+            "print(heavy); sys.exit(1 if heavy else 0)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
 

@@ -91,6 +91,7 @@ def test_coregister_delivers_outputs(provider, fake_pipeline, s1s2_pair, tmp_pat
 
 def test_engine_error_becomes_processing_exception(provider, fake_pipeline, s1s2_pair, tmp_path):
     import processing
+
     from hsscl.engine.errors import NotEnoughMatchesError
 
     fake_pipeline.behaviour.fail = NotEnoughMatchesError("Only 3 reliable tie points were found.",
@@ -138,6 +139,7 @@ def test_cancel_leaves_no_output(provider, fake_pipeline, s1s2_pair, tmp_path):
 
 def test_missing_dependencies_block_execution(provider, monkeypatch, s1s2_pair, tmp_path):
     import processing
+
     from hsscl.plugin import deps
 
     monkeypatch.setattr(deps, "check", lambda: deps.DependencyStatus(("torch", "torch_geometric"), "/usr/bin/python3"))
