@@ -179,4 +179,5 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
                                                                      "--adapt"]),
 ]}
 
-DEFAULT = ["none", "sift", "arosics_global", "arosics_local", "gefolki", "lightglue", "hsscl", "hsscl_nodenoise"]
+DEFAULT = ["none", "sift", "arosics_global", "arosics_local", "gefolki", "lightglue", "hsscl", "hsscl_nodenoise",
+           "hsscl_graph", "hsscl_adapt", "hsscl_graph_adapt"]
