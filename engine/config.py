@@ -8,7 +8,7 @@ TRANSFORMS = ("auto", "shift", "affine", "poly2", "poly3", "tps")
 GRIDS = ("reference", "target")
 DEVICES = ("auto", "cpu", "cuda")
 MODALITIES = ("auto", "sar", "optical", "multispectral")
-DESCRIPTORS = ("auto", "cfog", "hsscl", "hsscl-fine", "hsscl-mid", "hsscl-coarse")  # one level: ablations
+DESCRIPTORS = ("auto", "cfog", "hsscl", "hybrid", "hsscl-fine", "hsscl-mid", "hsscl-coarse")  # hsscl-LEVEL: ablations
 GRAPH_MODES = ("auto", "on", "off")
 
 

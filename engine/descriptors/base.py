@@ -31,6 +31,11 @@ def get_descriptor(name: str = "auto", weights: str | None = None, device: str =
         from .cfog import CFOG
 
         return CFOG()
+    if name == "hybrid":
+        from .hsscl import HSSCLDescriptor
+        from .hybrid import HybridDescriptor
+
+        return HybridDescriptor(HSSCLDescriptor.from_weights(weights, device, levels=("fine",)))
     if name == "hsscl" or name.startswith("hsscl-"):
         from .hsscl import HSSCLDescriptor
 

@@ -312,3 +312,21 @@ def test_single_level_descriptors_for_the_ablation():
     assert get_descriptor("hsscl-coarse").levels == ("coarse",)
     with pytest.raises(ValueError):
         HSSCLDescriptor(HSSCLNet(NetConfig()), levels=("texture",))
+
+
+def test_hybrid_descriptor_is_cfog_beside_the_weighted_fine_level():
+    from hsscl.engine.descriptors.cfog import CFOG
+    from hsscl.engine.descriptors.hybrid import HybridDescriptor
+
+    torch.manual_seed(0)
+    net = HSSCLDescriptor(HSSCLNet(NetConfig()), levels=("fine",))
+    hyb = HybridDescriptor(net, weight=0.5)
+    x = torch.rand(1, 1, 48, 64)
+    valid = torch.ones(1, 1, 48, 64, dtype=torch.bool)
+    valid[..., :8] = False
+    d = hyb(x, valid)
+    assert d.shape == (1, hyb.channels, 48, 64) and hyb.channels == 9 + net.channels
+    assert torch.equal(d[:, :9], CFOG()(x, valid))
+    assert torch.allclose(d[:, 9:], 0.5 * net(x, valid))
+    assert float(d[..., :6].abs().max()) == 0.0  # invalid pixels stay zero in both parts
+    assert get_descriptor("hybrid").name == "hybrid"
