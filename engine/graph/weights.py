@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WeightsError
-from ..network.registry import REGISTRY, registry_entry, sha256
+from ..network.registry import REGISTRY, read_safetensors, registry_entry, sha256
 
 GRAPH_MODEL = "graph"
 FORMAT = "hsscl-graph-1"
@@ -32,24 +32,8 @@ def load_graph_weights(path: str | Path, expected_sha256: str | None = None):
     from .model import GraphNetConfig, MatchGraphNet
 
     p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"Match-graph weights not found: '{p}'.",
-                           "Reinstall the plugin, or run with --graph off.")
-    if expected_sha256 is not None:
-        got = sha256(p)
-        if got != expected_sha256:
-            raise WeightsError(f"The match-graph weights '{p.name}' are corrupt (checksum mismatch).",
-                               "Reinstall the plugin, or run with --graph off.",
-                               f"sha256 {got}, expected {expected_sha256}")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises several types for a damaged file
-        raise WeightsError(f"'{p.name}' is not a readable safetensors weights file.",
-                           "Reinstall the plugin, or run with --graph off.", str(exc)) from exc
+    hint = "Reinstall the plugin, or run with --graph off."
+    meta, state = read_safetensors(p, expected_sha256, "match-graph weights", (hint, hint, hint))
     if meta.get("format") != FORMAT or "config" not in meta:
         raise WeightsError(f"'{p.name}' does not hold match-graph weights.", "Reinstall the plugin.")
     try:

@@ -61,6 +61,28 @@ def save_weights(model: HSSCLNet, path: str | Path, metadata: dict[str, str] | N
     return sha256(path)
 
 
+def read_safetensors(path: Path, expected_sha256: str | None, what: str, hints: tuple[str, str, str]
+                     ) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
+    """Metadata and tensors of a safetensors file (never unpickled), checked: WeightsError when the file
+    is missing, its sha256 differs from ``expected_sha256``, or it cannot be read. ``what`` names the
+    weights in messages; ``hints`` says what to do in those three cases."""
+    if not path.is_file():
+        raise WeightsError(f"{what[0].upper()}{what[1:]} not found: '{path}'.", hints[0])
+    if expected_sha256 is not None:
+        got = sha256(path)
+        if got != expected_sha256:
+            raise WeightsError(f"The {what} '{path.name}' are corrupt (checksum mismatch).", hints[1],
+                               f"sha256 {got}, expected {expected_sha256}")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return (f.metadata() or {}), {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for a damaged header/body
+        raise WeightsError(f"'{path.name}' is not a readable safetensors weights file.", hints[2],
+                           str(exc)) from exc
+
+
 def load_weights(path: str | Path, expected_sha256: str | None = None, device: str | torch.device = "cpu"
                  ) -> HSSCLNet:
     """Build the network described in the file's metadata and load its tensors (eval mode).
@@ -69,24 +91,10 @@ def load_weights(path: str | Path, expected_sha256: str | None = None, device: s
     not fit the network.
     """
     p = Path(path)
-    if not p.is_file():
-        raise WeightsError(f"Network weights not found: '{p}'.",
-                           "Check the path, or use the shipped weights (no --weights).")
-    if expected_sha256 is not None:
-        got = sha256(p)
-        if got != expected_sha256:
-            raise WeightsError(f"The network weights '{p.name}' are corrupt (checksum mismatch).",
-                               "Reinstall the plugin or download the weights again.",
-                               f"sha256 {got}, expected {expected_sha256}")
-    try:
-        from safetensors import safe_open
-
-        with safe_open(str(p), framework="pt", device="cpu") as f:
-            meta = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises several types for a damaged header/body
-        raise WeightsError(f"'{p.name}' is not a readable safetensors weights file.",
-                           "Give the .safetensors file written by 'hsscl train'.", str(exc)) from exc
+    meta, state = read_safetensors(p, expected_sha256, "network weights",
+                                   ("Check the path, or use the shipped weights (no --weights).",
+                                    "Reinstall the plugin or download the weights again.",
+                                    "Give the .safetensors file written by 'hsscl train'."))
     if meta.get("format") != "hsscl-net-1" or "net_config" not in meta:
         raise WeightsError(f"'{p.name}' does not hold HSSCL network weights.",
                            "Give the .safetensors file written by 'hsscl train'.")
