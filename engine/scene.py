@@ -35,7 +35,7 @@ from .errors import InputError, NotEnoughMatchesError
 from .geometry.robust import magsac
 from .geometry.transforms import Affine
 from .io.raster import RasterGrid, RasterInfo, Window, read_bands
-from .matching.fine import FineMatches, grid_centres
+from .matching.fine import FineMatches, collect_matches, grid_centres
 from .matching.matcher import MatchResult, MatchSettings
 from .matching.ncc import masked_zncc, subpixel_peak
 from .matching.sampling import pixel_grid, sample
@@ -327,14 +327,7 @@ def chip_match(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
         out.append((off.double().cpu().numpy() - radius, peak.cpu().numpy(), (peak - second).cpu().numpy()))
         if monitor is not None:
             monitor.report(min(1.0, (i + batch) / len(centres)), "fine matching")
-    if not out:
-        return FineMatches.empty()
-    d = np.concatenate([o[0] for o in out])
-    peak = np.concatenate([o[1] for o in out])
-    dist = np.concatenate([o[2] for o in out])
-    good = peak > -1.0
-    c = centres[good]
-    return FineMatches(c, model(c + d[good]), peak[good], dist[good], n_windows)
+    return collect_matches(out, centres, model, n_windows)
 
 
 def plan_scene(ref: RasterInfo, tgt: RasterInfo, window: Window, match_grid: RasterGrid,

@@ -120,6 +120,12 @@ def fine_match(ref_desc: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tenso
         out.append((off.double().cpu().numpy() - radius, peak.cpu().numpy(), (peak - second).cpu().numpy()))
         if monitor is not None:
             monitor.report(min(1.0, (i + batch) / len(centres)), "fine matching")
+    return collect_matches(out, centres, model, n_windows)
+
+
+def collect_matches(out: list, centres: np.ndarray, model, n_windows: int) -> FineMatches:
+    """Batches of (offset - radius, peak, peak - second) per template -> the matches whose peak is valid
+    (> -1), at ``model(centre + offset)`` in the moving image."""
     if not out:
         return FineMatches.empty()
     d = np.concatenate([o[0] for o in out])
