@@ -106,8 +106,8 @@ def write_markdown(rows: list[dict], info: dict, path: Path) -> None:
         f"{info['n_cases']} cases, seed {info['seed']}; the whole run took {info['total_seconds'] / 60:.1f} min "
         f"with {info.get('jobs', 1)} pair(s) at once and {info.get('threads', 1)} thread(s) per tool (the same for every "
         f"tool). Load average before / after: {_f(info.get('loadavg_before', [float('nan')])[0], '{:.1f}')} / "
-        f"{_f(info.get('loadavg_after', [float('nan')])[0], '{:.1f}')} (above {info.get('jobs', 1)}: other work shared the "
-        "machine and inflated the times).",
+        f"{_f(info.get('loadavg_after', [float('nan')])[0], '{:.1f}')} (a value above {info.get('jobs', 1)} means other work "
+        "shared the machine and inflated the times).",
         "",
         "## Protocol",
         "- **Cases.** Real aligned multimodal pairs from `shared/data` (georeferenced Sentinel-1/2 pairs, registered "
