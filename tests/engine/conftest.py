@@ -1,6 +1,7 @@
 """Fixtures of the engine tests: the shared real-data folder and small helpers around it."""
 from __future__ import annotations
 
+import glob
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -32,3 +33,19 @@ def data_file(shared_data: Path) -> Callable[[str], str]:
         return str(p)
     return get
 
+
+
+BEN = "bigearthnet_example/BigEarthNet-S{}-Example/*_{}/*_{}.tif"
+
+
+@pytest.fixture(scope="module")
+def ben(shared_data: Path) -> dict[str, str]:
+    """Real 120 x 120 BigEarthNet rasters: S2 B04 / B08 (UInt16) and S1 VV (Float32) of patch 36_85
+    (EPSG:32629), S1 VV of patch 87_48 (EPSG:32633)."""
+    def one(sensor: int, patch: str, band: str) -> str:
+        hits = glob.glob(str(shared_data / BEN.format(sensor, patch, band)))
+        if not hits:
+            pytest.skip(f"BigEarthNet patch {patch} is not in this copy of the shared data")
+        return hits[0]
+    return {"b04": one(2, "36_85", "B04"), "b08": one(2, "36_85", "B08"), "vv": one(1, "36_85", "VV"),
+            "vv_zone33": one(1, "87_48", "VV")}

@@ -1,32 +1,16 @@
 """Bad input through the CLI: a non-zero exit, one clear line on stderr, nothing under the output names."""
 from __future__ import annotations
 
-import glob
 import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 from osgeo import gdal
 
 from hsscl.engine import cli
 from hsscl.engine.pipeline import OUTPUT_NAMES
 
 gdal.UseExceptions()
-
-BEN = "bigearthnet_example/BigEarthNet-S{}-Example/*_{}/*_{}.tif"
-
-
-@pytest.fixture(scope="module")
-def ben(shared_data):
-    """Real 120x120 rasters: S2 B04 and S1 VV of patch 36_85 (EPSG:32629), S1 VV of 87_48 (EPSG:32633)."""
-    def one(sensor: str, patch: str, band: str) -> str:
-        hits = glob.glob(str(shared_data / BEN.format(sensor, patch, band)))
-        if not hits:
-            pytest.skip(f"BigEarthNet patch {patch} is not in this copy of the shared data")
-        return hits[0]
-    return {"b04": one(2, "36_85", "B04"), "b08": one(2, "36_85", "B08"), "vv": one(1, "36_85", "VV"),
-            "vv_zone33": one(1, "87_48", "VV")}
 
 
 def like(src: str, path: Path, data: np.ndarray | None = None, *, gt=None, srs: bool = True,

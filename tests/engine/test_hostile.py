@@ -28,7 +28,6 @@ Where each case of the issue is tested (this module unless named):
 from __future__ import annotations
 
 import ast
-import glob
 import hashlib
 import json
 import os
@@ -51,7 +50,6 @@ gdal.UseExceptions()
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "resources" / "sample"
-BEN = "bigearthnet_example/BigEarthNet-S{}-Example/*_{}/*_{}.tif"
 TERRAMESH = "more_s1s2/terramind_terramesh_examples/{}/637U_59R_1_3.tif"   # 224 px, EPSG:32632, Int16
 
 
@@ -156,18 +154,6 @@ def _restore_torch_threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def ben(shared_data):
-    """Real 120 px BigEarthNet rasters: S2 B04/B08 (UInt16) and S1 VV (Float32), EPSG:32629; S1 VV EPSG:32633."""
-    def one(sensor: int, patch: str, band: str) -> str:
-        hits = glob.glob(str(shared_data / BEN.format(sensor, patch, band)))
-        if not hits:
-            pytest.skip(f"BigEarthNet patch {patch} is not in this copy of the shared data")
-        return hits[0]
-    return {"b04": one(2, "36_85", "B04"), "b08": one(2, "36_85", "B08"), "vv": one(1, "36_85", "VV"),
-            "vv_zone33": one(1, "87_48", "VV")}
 
 
 @pytest.fixture(scope="module")
