@@ -384,16 +384,35 @@ def _scale_factor(src: RasterGrid, out: RasterGrid) -> float:
     return f if math.isfinite(f) else 1.0
 
 
+def _amplitude_vrt(ds: gdal.Dataset, blist: list[int]) -> gdal.Dataset:
+    """A virtual Float32 dataset of the amplitude of complex bands ``blist`` (GDAL pixel function ``mod``):
+    GDAL computes it block by block while warping, so the complex raster is never read whole. A band's
+    nodata value marks invalid amplitudes, as in :func:`_read_direct`."""
+    from xml.sax.saxutils import escape
+
+    bands = []
+    for i, b in enumerate(blist, 1):
+        nd = ds.GetRasterBand(b).GetNoDataValue()
+        nodata = f"<NoDataValue>{abs(nd)!r}</NoDataValue>" if nd is not None and not math.isnan(nd) else ""
+        bands.append(
+            f'<VRTRasterBand dataType="Float32" band="{i}" subClass="VRTDerivedRasterBand">{nodata}'
+            "<PixelFunctionType>mod</PixelFunctionType><SourceTransferType>CFloat64</SourceTransferType>"
+            f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(ds.GetDescription())}</SourceFilename>'
+            f"<SourceBand>{b}</SourceBand></SimpleSource></VRTRasterBand>")
+    xml = f'<VRTDataset rasterXSize="{ds.RasterXSize}" rasterYSize="{ds.RasterYSize}">{"".join(bands)}</VRTDataset>'
+    src = gdal.Open(xml)
+    if src is None:  # pragma: no cover - GDAL without the VRT driver
+        from ..errors import InputError
+
+        raise InputError(f"GDAL cannot derive the amplitude of '{ds.GetDescription()}'.")
+    return src
+
+
 def _warp_to(ds: gdal.Dataset, src_grid: RasterGrid, blist: list[int], out: RasterGrid,
              complex_: bool) -> tuple[np.ndarray, np.ndarray]:
     """Bilinear resampling of bands ``blist`` onto ``out`` (reprojecting); outside the footprint = NaN."""
     if complex_:  # amplitude first: warping complex data would interpolate real/imag parts
-        data, valid = _read_direct(ds, blist, Window(0, 0, ds.RasterXSize, ds.RasterYSize))
-        data[:, ~valid] = np.nan
-        src = gdal.GetDriverByName("MEM").Create("", ds.RasterXSize, ds.RasterYSize, len(blist), gdal.GDT_Float32)
-        for i in range(len(blist)):
-            src.GetRasterBand(i + 1).WriteArray(data[i])
-            src.GetRasterBand(i + 1).SetNoDataValue(float("nan"))
+        src = _amplitude_vrt(ds, blist)
     else:
         mask = "mask,1" if ds.GetRasterBand(1).GetMaskFlags() & gdal.GMF_PER_DATASET else None
         src = gdal.Translate("", ds, format="VRT", bandList=blist, maskBand=mask)

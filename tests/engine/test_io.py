@@ -181,6 +181,13 @@ def test_read_bands_complex_gives_amplitude(tmp_path, data_file):
     shifted = RasterGrid(100, 100, (shifted.transform[0] + 5.0, *shifted.transform[1:]), shifted.crs_wkt)
     d2, v2 = read_bands(p, out_grid=shifted)  # half-pixel shift: mean of amplitudes, not of complex values
     np.testing.assert_allclose(d2[0, :, :99], 0.5 * (amp[:100, :99] + amp[:100, 1:100]), rtol=1e-4)
+    # complex nodata (0): those pixels are invalid after resampling too (amplitude derived by GDAL, streamed)
+    slc = (amp * np.exp(1j * phase)).astype(np.complex64)
+    slc[:30, :30] = 0
+    p0 = write_like(str(tmp_path / "slc_nodata.tif"), src, slc[None], gdal.GDT_CFloat32, nodata=0)
+    d3, v3 = read_bands(p0, out_grid=shifted)
+    assert not v3[:29, :29].any() and v3[40:, 40:99].all()
+    np.testing.assert_allclose(d3[0, 40:, 40:99], d2[0, 40:, 40:99], rtol=1e-6)
 
 
 def test_read_bands_out_grid_aligned_and_half_pixel(data_file):
