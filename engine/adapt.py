@@ -215,8 +215,8 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
                                "adapted.").strip()
         mon.log("adaptation: the first match failed, so there are no pseudo-positives: nothing was adapted")
         raise first_error
-    if res0 is not None:
-        note["evidence"]["before"] = evidence(res0.diagnostics)
+    assert res0 is not None
+    note["evidence"]["before"] = evidence(res0.diagnostics)
     # the second match costs about the first one, more when the first used the cheaper CFOG
     reserve = t_first * (1.0 if isinstance(descriptor, HSSCLDescriptor) else s.rematch_factor)
     note["rematch_reserve_s"] = round(reserve, 2)
@@ -252,12 +252,12 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
                     seconds=round(time.perf_counter() - t0, 2))
         mon.log(f"adaptation: {note['why']}")
         return res0, descriptor, note
-    trust = _trust_mask(pts, H, W, s.trust_radius_px).to(ref.device) & ref_valid.bool()
-    mw, mwv = warp_to_reference(mov, mov_valid, aff, H, W, 0)
-    S = max(32, min(s.crop, H // 16 * 16, W // 16 * 16))
     if min(H, W) < 32:
         note.update(why="the images are too small to adapt on", seconds=round(time.perf_counter() - t0, 2))
         return res0, descriptor, note
+    trust = _trust_mask(pts, H, W, s.trust_radius_px).to(ref.device) & ref_valid.bool()
+    mw, mwv = warp_to_reference(mov, mov_valid, aff, H, W, 0)
+    S = max(32, min(s.crop, H // 16 * 16, W // 16 * 16))
 
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(int(config.seed))
