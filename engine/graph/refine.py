@@ -79,6 +79,8 @@ def graph_refine(mode: str, fm: FineMatches, inlier: np.ndarray | None, ref: tor
             raise
         return fm, _skip(f"weights unusable: {exc.message}", n, t0)
     t1 = time.perf_counter()
+    # the graph is small: features and network run on the CPU whatever device the matcher used
+    ref, ref_valid, mov, mov_valid = (t.cpu() for t in (ref, ref_valid, mov, mov_valid))
     g = build_graph(fm, inlier, ref, ref_valid, mov, mov_valid, descriptor)
     with torch.no_grad():
         logit, delta = model(g.x, g.edge_index, g.edge_attr)
