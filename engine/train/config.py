@@ -39,6 +39,18 @@ class TrainConfig:
     log_every: int = 20
     ckpt_every: int = 250
     amp: bool = True                 # bf16 autocast on CUDA
+    init_weights: str | None = None  # start from these weights (safetensors) instead of a random network
+    nce_weight: float = 1.0          # the multi-level InfoNCE terms
+    # template-matching loss (losses.template_loss): the engine's fine matching step, on the network's
+    # dense map (tm_weight) and on the hybrid field CFOG + hybrid_weight x fine level (tm_hybrid_weight)
+    tm_weight: float = 0.0
+    tm_hybrid_weight: float = 0.0
+    hybrid_weight: float = 0.5
+    tm_template: int = 32
+    tm_radius: int = 8
+    tm_n: int = 8
+    tm_scale: float = 20.0
+    select_on: str = "net"           # best checkpoint by held-out PCK@1 of "net" or "hybrid"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -18,13 +18,14 @@ import torch
 
 from ..descriptors.cfog import CFOG
 from ..descriptors.hsscl import HSSCLDescriptor
+from ..descriptors.hybrid import HybridDescriptor
 from ..network.model import LEVELS, HSSCLNet, NetConfig
 from ..network.registry import save_weights, sha256
 from ..network.stems import UNKNOWN
 from .augment import augment
 from .config import TrainConfig
 from .data import PairCache, WarpRange
-from .losses import coral, info_nce, mine_shift
+from .losses import coral, info_nce, mine_shift, template_loss
 from .validate import fixed_shift_batches, shift_pck
 
 
@@ -72,7 +73,7 @@ def step_losses(model: HSSCLNet, batch, cfg: TrainConfig, gen: torch.Generator, 
     for i, lv in enumerate(LEVELS):
         loss, st = info_nce(fa[lv], fb[lv], batch.va, batch.vb, batch.H, strides[lv], cfg.points[i], cfg.tau,
                             cfg.exclusion_px[i], gen, shift if lv == "fine" or lv == "mid" else None)
-        total = total + cfg.level_weights[i] * loss
+        total = total + cfg.nce_weight * cfg.level_weights[i] * loss
         terms[f"nce_{lv}"] = float(loss.detach())
         terms[f"acc_{lv}"] = st["acc"]
         if cfg.coral_weight > 0:  # per level (levels may differ in width), sensor/source as domain label
@@ -82,6 +83,22 @@ def step_losses(model: HSSCLNet, batch, cfg: TrainConfig, gen: torch.Generator, 
     if cfg.coral_weight > 0:
         total = total + cfg.coral_weight * coral_total
         terms["coral"] = float(coral_total.detach())
+    if cfg.tm_weight > 0 or cfg.tm_hybrid_weight > 0:
+        size = tuple(a.shape[-2:])
+        tm = dict(template=cfg.tm_template, radius=cfg.tm_radius, n=cfg.tm_n, scale=cfg.tm_scale)
+        if cfg.tm_weight > 0:
+            loss, st = template_loss(model.dense(fa, size), batch.va, model.dense(fb, size), batch.vb, batch.H,
+                                     gen, **tm)
+            total = total + cfg.tm_weight * loss
+            terms["tm_net"], terms["tm_acc_net"] = float(loss.detach()), st["acc"]
+        if cfg.tm_hybrid_weight > 0:
+            cfog = CFOG()
+            fine_only = (1.0, 0.0, 0.0)
+            ha = torch.cat([cfog(a, batch.va), cfg.hybrid_weight * model.dense(fa, size, fine_only)], 1)
+            hb = torch.cat([cfog(b, batch.vb), cfg.hybrid_weight * model.dense(fb, size, fine_only)], 1)
+            loss, st = template_loss(ha, batch.va, hb, batch.vb, batch.H, gen, **tm)
+            total = total + cfg.tm_hybrid_weight * loss
+            terms["tm_hyb"], terms["tm_acc_hyb"] = float(loss.detach()), st["acc"]
     terms["loss"] = float(total.detach())
     return total, terms
 
@@ -104,7 +121,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     train_set = PairCache(cfg.cache, "train", device)
     val_set = PairCache(cfg.cache, "val", device)
     warp = WarpRange(**cfg.warp)
-    model = HSSCLNet(NetConfig.from_dict(cfg.net)).to(device)
+    if cfg.init_weights:
+        from ..network.registry import load_weights
+
+        model = load_weights(cfg.init_weights, device=device)
+        log(f"starting from {cfg.init_weights}")
+    else:
+        model = HSSCLNet(NetConfig.from_dict(cfg.net)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step, elapsed0, best = 0, 0.0, -1.0
     ckpt = out / "ckpt.pt"
@@ -126,6 +149,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     vb = fixed_shift_batches(val_set, cfg.val_batches, 16, cfg.crop)
     vwarp = [val_set.sample(16, cfg.crop, torch.Generator().manual_seed(99 + i), warp, 1.0, 0.0)
              for i in range(cfg.val_batches)]
+    if cfg.select_on not in ("net", "hybrid"):
+        raise ValueError(f"select_on must be 'net' or 'hybrid', got {cfg.select_on!r}")
     cfog_val = shift_pck(CFOG(), vb, device=device)
     emit({"event": "baseline", "cfog": cfog_val})
     log(f"held-out shift PCK, CFOG baseline: pck1 {cfog_val['pck1']:.3f} pck2 {cfog_val['pck2']:.3f} "
@@ -137,8 +162,13 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             vl = [step_losses(model, b, cfg, torch.Generator().manual_seed(7), device, augment_inputs=False)[1]
                   for b in vwarp]
             res = shift_pck(HSSCLDescriptor(model, device), vb, device=device)
+            hyb = shift_pck(HybridDescriptor(HSSCLDescriptor(model, device, levels=("fine",)), cfg.hybrid_weight),
+                            vb, device=device)
         model.train()
         res.update({k: sum(v[k] for v in vl) / len(vl) for k in vl[0]})
+        res.update({"net_pck1": res["pck1"], "hybrid_pck1": hyb["pck1"], "hybrid_pck2": hyb["pck2"],
+                    "hybrid_median_px": hyb["median_px"]})
+        res["select"] = res["hybrid_pck1"] if cfg.select_on == "hybrid" else res["pck1"]
         return res
 
     t0 = time.perf_counter()
@@ -166,23 +196,26 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
             log(f"step {step:6d} {elapsed:7.1f}s loss {terms['loss']:.3f} | nce f/m/c {terms['nce_fine']:.3f} "
                 f"{terms['nce_mid']:.3f} {terms['nce_coarse']:.3f} | acc f/m/c {terms['acc_fine']:.2f} "
                 f"{terms['acc_mid']:.2f} {terms['acc_coarse']:.2f} | coral {terms.get('coral', 0):.4f}"
-                + (f" | mined {terms['mined_rate']:.2f} ({terms['mined_shift_px']:.2f} px)" if "mined_rate" in terms else ""))
+                + (f" | mined {terms['mined_rate']:.2f} ({terms['mined_shift_px']:.2f} px)" if "mined_rate" in terms else "")
+                + (f" | tm net {terms['tm_net']:.3f} ({terms['tm_acc_net']:.2f})" if "tm_net" in terms else "")
+                + (f" | tm hybrid {terms['tm_hyb']:.3f} ({terms['tm_acc_hyb']:.2f})" if "tm_hyb" in terms else ""))
         if step % cfg.val_every == 0:
             last_val = validate()
             emit({"event": "val", "step": step, **last_val})
             log(f"  val step {step}: pck1 {last_val['pck1']:.3f} pck2 {last_val['pck2']:.3f} median "
-                f"{last_val['median_px']:.2f} px | val loss {last_val['loss']:.3f} (CFOG pck1 {cfog_val['pck1']:.3f})")
-            if last_val["pck1"] > best:
-                best = last_val["pck1"]
-                save_weights(model, out / "hsscl_best.safetensors", {"step": step, "val_pck1": best})
+                f"{last_val['median_px']:.2f} px | hybrid pck1 {last_val['hybrid_pck1']:.3f} | val loss "
+                f"{last_val['loss']:.3f} (CFOG pck1 {cfog_val['pck1']:.3f})")
+            if last_val["select"] > best:
+                best = last_val["select"]
+                save_weights(model, out / "hsscl_best.safetensors", {"step": step, "val_select": best})
         if step % cfg.ckpt_every == 0:
             _save_ckpt(ckpt, model, opt, step, gen, elapsed0 + time.perf_counter() - t0, best)
     elapsed = elapsed0 + time.perf_counter() - t0
     final_val = validate()
     emit({"event": "val", "step": step, "final": True, **final_val})
-    if final_val["pck1"] > best:
-        best = final_val["pck1"]
-        save_weights(model, out / "hsscl_best.safetensors", {"step": step, "val_pck1": best})
+    if final_val["select"] > best:
+        best = final_val["select"]
+        save_weights(model, out / "hsscl_best.safetensors", {"step": step, "val_select": best})
     _save_ckpt(ckpt, model, opt, step, gen, elapsed, best)
     final = out / "hsscl.safetensors"
     digest = save_weights(model, final, {"step": step, "val_pck1": final_val["pck1"]})
