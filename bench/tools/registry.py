@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -132,9 +133,12 @@ def _read_tiepoints(path: Path, case: dict) -> dict:
 
 def _hsscl(name: str, label: str, extra: list[str], note: str = "") -> Tool:
     def timed(case: dict, wd: Path) -> Commands:
+        # HSSCL_BENCH_ARGS: extra CLI options for every HSSCL row, e.g. "--weights out/run/hsscl_best.safetensors"
+        # to compare candidate weights before they are published (the report's command line records it)
+        more = shlex.split(os.environ.get("HSSCL_BENCH_ARGS", ""))
         return [[HSSCL, "coregister", case["reference"], case["target"], "-o", str(wd / "out"),
                  "--device", "cpu", "--seed", "0", "--overwrite", "--quiet", "--threads",
-                 str(case.get("_threads", 1)), *extra]]
+                 str(case.get("_threads", 1)), *extra, *more]]
 
     def post(case: dict, wd: Path) -> Commands:
         return [[HSSCL, "apply", str(wd / "out"), case["truth"], "-o", str(wd / "truth_on_reference.tif")]]
