@@ -1,28 +1,36 @@
 """On-the-fly adaptation of the HSSCL network to one pair (``CoregConfig.adapt``, ``--adapt``).
 
-1. **First match** with the configured descriptor (CFOG for ``auto``/``cfog``, else the network).
+1. **First match** with the configured descriptor: CFOG (``auto``/``cfog``), the network (``hsscl``,
+   ``hsscl-<level>``) or the hybrid (``hybrid``: CFOG beside ``weight`` x the network's fine level).
 2. **Normalisation statistics** of a deep copy of the network (weights on disk are never touched):
-   its BatchNorm running statistics are re-estimated on tiles of the two images (AdaBN). The images
-   themselves are already robustly standardised per image by :func:`engine.preprocess.prepare`.
+   the hybrid's own network, the network descriptor's, or for CFOG the registry's default (or
+   ``config.weights``); its BatchNorm running statistics are re-estimated on tiles of the two images
+   (AdaBN). The images themselves are already robustly standardised per image by
+   :func:`engine.preprocess.prepare`.
 3. **Self-supervised steps** on the pair (bounded by steps and by ``config.adapt_budget_s``):
    pseudo-positives are the pass-2 inliers of the first match; the affine fitted to them gives dense
    correspondences within ``trust_radius_px`` of an inlier (the moving image is resampled into the
    reference frame through that affine, so crops of the two line up). Loss: multi-level InfoNCE with
    an exclusion radius (:func:`engine.train.losses.info_nce`) plus CORAL between the two images'
-   descriptors (:func:`engine.train.losses.coral`).
-4. **Second match** with the adapted network.
+   descriptors (:func:`engine.train.losses.coral`). For the hybrid, plus ``tm_weight`` x the loss it is
+   trained with (:func:`engine.train.losses.template_loss`, as in ``engine.train.loop.step_losses``): the
+   hybrid field of the two crops (CFOG beside ``weight`` x the fine level) through the matcher's ZNCC
+   over shifts, softmax onto the true shift (0: the crops are aligned by the first match's affine).
+4. **Second match** with the adapted network, as the same kind of descriptor as the first match (the
+   hybrid with the same weight and levels, the network with the same levels; after CFOG the network).
 5. **Guard**: the adapted result is kept only when its verified-match evidence (:func:`evidence`, built
    from geometric counts that mean the same for any descriptor) beats the first match's by
-   ``min_gain``, keeps most of its pass-2 inliers and agrees with its alignment; otherwise the first
-   result is returned unchanged.
+   ``min_gain`` (``min_gain_switch`` after CFOG), keeps most of its pass-2 inliers and agrees with its
+   alignment, and (after CFOG or the hybrid) is not less precise (pass-2 affine RMSE); otherwise the
+   first result is returned unchanged.
 
 When the first match fails there are no pseudo-positives and nothing is adapted: the first error is
 raised with a note in its details. (Feature alignment alone, with nothing holding the descriptors
 apart, can collapse them; and a re-match with only refreshed normalisation statistics, tried on the dev
 cases, passed the matcher's checks once with a false alignment, 11.5 px off.)
 
-The budget covers steps 2-4 (the second match is reserved from a timing of one network pass); the step
-count is fixed (``max_steps``), so a run is deterministic with the seed unless the time budget cuts it.
+The budget covers steps 2-4 (the second match is reserved from the first match's time, x ``rematch_factor``
+after CFOG); the step count is fixed (``max_steps``), so a run is deterministic with the seed unless the time budget cuts it.
 """
 from __future__ import annotations
 
@@ -41,7 +49,7 @@ from .geometry.transforms import fit_model
 from .matching.fine import warp_to_reference
 from .matching.matcher import MatchResult, MatchSettings, match_pair
 from .network.model import LEVELS
-from .train.losses import coral, info_nce
+from .train.losses import coral, info_nce, template_loss
 
 
 @dataclass(frozen=True)
@@ -55,15 +63,22 @@ class AdaptSettings:
     level_weights: tuple[float, float, float] = (1.0, 1.0, 0.5)
     exclusion_px: tuple[float, float, float] = (4.0, 12.0, 24.0)
     coral_weight: float = 0.5
+    # hybrid only: the template-matching loss on the hybrid field (engine/train/losses.py template_loss)
+    tm_weight: float = 1.0
+    tm_template: int = 32            # template side (px); needs crop >= template + 2 x radius + 1
+    tm_radius: int = 8               # shifts searched (px)
+    tm_n: int = 4                    # template positions per step
+    tm_scale: float = 20.0           # softmax logits = scale x ZNCC
     trust_radius_px: float = 40.0    # dense correspondences this close to a pseudo-positive
     max_residual_px: float = 1.5     # inliers farther than this from the affine are not pseudo-positives
     min_pseudo: int = 12
     norm_tile: int = 512             # tiles for the normalisation statistics
     norm_tiles: int = 4              # per image
-    rematch_factor: float = 2.0      # a network match takes about this many times a CFOG match
+    rematch_factor: float = 2.0      # a network (or hybrid) match takes about this many times a CFOG match
     min_gain: float = 0.03           # evidence score the adapted match must gain to be kept
     min_gain_switch: float = 0.1     # ... when the first match used another descriptor (CFOG, the default),
-                                     # which it must also match in precision (pass-2 affine RMSE)
+                                     # which it must also match in precision (pass-2 affine RMSE; checked
+                                     # after the hybrid too)
     min_inlier_share: float = 0.8    # ... keeping this share of the first match's pass-2 inliers
     max_disagreement_px: float = 3.0  # ... and aligning within this of the first match
 
@@ -144,21 +159,47 @@ def _trust_mask(pts: np.ndarray, H: int, W: int, radius: float) -> torch.Tensor:
     return F.interpolate(g, scale_factor=c, mode="nearest")[..., :H, :W] > 0
 
 
-def _loss(model, a, b, va, vb, s: AdaptSettings, gen: torch.Generator) -> tuple[torch.Tensor, float]:
+def _tm_fits(S: int, s: AdaptSettings) -> bool:
+    return S >= s.tm_template + 2 * s.tm_radius + 1
+
+
+def _loss(model, a, b, va, vb, s: AdaptSettings, gen: torch.Generator, hybrid_weight: float | None = None,
+          image_valid: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    """The adaptation loss of aligned crops ``a``, ``b`` (B, 1, S, S); ``va`` / ``vb`` (B, 1, S, S) bool: where
+    positions are drawn (``va``: valid and trusted). ``hybrid_weight``: add the template-matching term on the
+    hybrid field (CFOG of the crops, masked by ``image_valid``, beside ``hybrid_weight`` x the fine level).
+    Returns the total and the terms (``nce``, ``coral``, ``acc``; ``tm_hybrid``, ``tm_acc`` for the hybrid)."""
     fa, fb = model(a), model(b)
     eye = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], device=a.device).expand(a.shape[0], 2, 3)
-    total = a.new_zeros(())
+    nce = a.new_zeros(())
+    cor = a.new_zeros(())
     acc = 0.0
     strides = model.config.strides
     for i, lv in enumerate(LEVELS):
         loss, st = info_nce(fa[lv], fb[lv], va, vb, eye, strides[lv], s.points[i], s.tau, s.exclusion_px[i], gen)
-        total = total + s.level_weights[i] * loss
+        nce = nce + s.level_weights[i] * loss
         acc += st["acc"] / len(LEVELS)
         if s.coral_weight > 0 and st["n"] > 0:
             xa, xb = st["feats"]
             doms = [torch.zeros(len(xa), dtype=torch.long), torch.ones(len(xb), dtype=torch.long)]
-            total = total + s.coral_weight * coral([xa, xb], [d.to(xa.device) for d in doms])
-    return total, acc
+            cor = cor + coral([xa, xb], [d.to(xa.device) for d in doms])
+    total = nce + s.coral_weight * cor
+    terms = {"nce": float(nce.detach()), "coral": float(cor.detach()), "acc": acc}
+    if hybrid_weight is not None and s.tm_weight > 0 and _tm_fits(a.shape[-1], s):
+        from .descriptors.cfog import CFOG
+
+        # the hybrid field exactly as engine/train/loop.py step_losses builds it (tm_hybrid_weight)
+        cfog = CFOG()
+        size = tuple(a.shape[-2:])
+        fine_only = (1.0, 0.0, 0.0)
+        ia, ib = image_valid if image_valid is not None else (va, vb)
+        ha = torch.cat([cfog(a, ia), hybrid_weight * model.dense(fa, size, fine_only)], 1)
+        hb = torch.cat([cfog(b, ib), hybrid_weight * model.dense(fb, size, fine_only)], 1)
+        loss, st = template_loss(ha, va, hb, vb, eye, gen, template=s.tm_template, radius=s.tm_radius, n=s.tm_n,
+                                 scale=s.tm_scale)
+        total = total + s.tm_weight * loss
+        terms.update(tm_hybrid=float(loss.detach()), tm_acc=st["acc"])
+    return total, terms
 
 
 def _affine(res: MatchResult):
@@ -173,12 +214,33 @@ def _disagreement(res0: MatchResult, res1: MatchResult) -> float:
 
 
 def _network(descriptor, config, device):
+    """The network to adapt (not copied here) and its info: the hybrid's own, the network descriptor's, or
+    after another descriptor (CFOG) the registry's default / ``config.weights``."""
     from .descriptors.hsscl import HSSCLDescriptor
+    from .descriptors.hybrid import HybridDescriptor
 
+    if isinstance(descriptor, HybridDescriptor):
+        return descriptor.network.model, descriptor.network.info
     if isinstance(descriptor, HSSCLDescriptor):
         return descriptor.model, descriptor.info
     d = HSSCLDescriptor.from_weights(config.weights, str(device))
     return d.model, d.info
+
+
+def _adapted_descriptor(descriptor, model, device, info: dict):
+    """The adapted network as the same kind of descriptor as the first match (hybrid: same weight and levels;
+    network: same levels and modality; after CFOG: the network, all levels)."""
+    from .descriptors.hsscl import HSSCLDescriptor
+    from .descriptors.hybrid import HybridDescriptor
+
+    info = {**info, "adapted": True}
+    if isinstance(descriptor, HybridDescriptor):
+        net = descriptor.network
+        return HybridDescriptor(HSSCLDescriptor(model, device, modality=net.modality, info=info, levels=net.levels),
+                                weight=descriptor.weight, cfog=descriptor.cfog)
+    if isinstance(descriptor, HSSCLDescriptor):
+        return HSSCLDescriptor(model, device, modality=descriptor.modality, info=info, levels=descriptor.levels)
+    return HSSCLDescriptor(model, device, info=info)
 
 
 def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mov_valid: torch.Tensor,
@@ -191,11 +253,16 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
     if not config.adapt:
         return match_pair(ref, ref_valid, mov, mov_valid, descriptor, settings, monitor=monitor), descriptor, None
     from .descriptors.hsscl import HSSCLDescriptor
+    from .descriptors.hybrid import HybridDescriptor
 
     s = adapt or DEFAULT
     mon = monitor
     first_name = getattr(descriptor, "name", str(descriptor))
-    note: dict[str, Any] = {"kept": "original", "why": "", "first_descriptor": first_name, "network": "hsscl",
+    hybrid = isinstance(descriptor, HybridDescriptor)
+    same_kind = hybrid or isinstance(descriptor, HSSCLDescriptor)  # the re-match uses the first match's kind
+    network = "hybrid (fine level)" if hybrid else (descriptor.name if isinstance(descriptor, HSSCLDescriptor)
+                                                     else "hsscl")
+    note: dict[str, Any] = {"kept": "original", "why": "", "first_descriptor": first_name, "network": network,
                             "budget_s": config.adapt_budget_s, "steps": 0, "max_steps": s.max_steps,
                             "seconds": 0.0, "evidence": {"before": None, "after": None}}
     first_error: NotEnoughMatchesError | None = None
@@ -217,8 +284,8 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
         raise first_error
     assert res0 is not None
     note["evidence"]["before"] = evidence(res0.diagnostics)
-    # the second match costs about the first one, more when the first used the cheaper CFOG
-    reserve = t_first * (1.0 if isinstance(descriptor, HSSCLDescriptor) else s.rematch_factor)
+    # the second match costs about the first one (same kind), more when the first used the cheaper CFOG
+    reserve = t_first * (1.0 if same_kind else s.rematch_factor)
     note["rematch_reserve_s"] = round(reserve, 2)
     if reserve >= budget:
         why = (f"the budget ({budget:g} s) is smaller than the time of a second match (about {reserve:.1f} s): "
@@ -233,6 +300,8 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
         mon.log(note["why"])
         return res0, descriptor, note
     note["weights"] = info.get("weights")
+    if hybrid:
+        note["hybrid_weight"] = descriptor.weight
     model = copy.deepcopy(base).to(device)
     for p in model.parameters():
         p.requires_grad_(True)
@@ -258,6 +327,12 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
     trust = _trust_mask(pts, H, W, s.trust_radius_px).to(ref.device) & ref_valid.bool()
     mw, mwv = warp_to_reference(mov, mov_valid, aff, H, W, 0)
     S = max(32, min(s.crop, H // 16 * 16, W // 16 * 16))
+    hybrid_weight = descriptor.weight if hybrid else None  # adds the template-matching term
+    if hybrid:
+        note["template_loss"] = (f"weight {s.tm_weight:g}, template {s.tm_template} px, radius {s.tm_radius} px, "
+                                 f"{s.tm_n} templates per step" if s.tm_weight > 0 and _tm_fits(S, s) else
+                                 "off (tm_weight 0)" if s.tm_weight <= 0 else
+                                 f"off (crop {S} px too small for the template)")
 
     rng = np.random.default_rng(config.seed)
     gen = torch.Generator().manual_seed(int(config.seed))
@@ -267,7 +342,7 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
         m.eval()  # keep the refreshed statistics; tiny batches would make them noisy
     opt = torch.optim.Adam(model.parameters(), lr=s.lr)
     losses: list[float] = []
-    accs: list[float] = []
+    terms: list[dict[str, float]] = []
     stopped = "all steps done"
     step_s = 0.0
     with mon.stage(0.4, 0.7, "adaptation: self-supervised steps"):
@@ -287,7 +362,7 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
 
             rv, mv = crops(ref_valid.bool()), crops(mwv)
             a, b = crops(ref.float()) * rv, crops(mw) * mv
-            loss, acc = _loss(model, a, b, crops(trust) & rv, mv, s, gen)
+            loss, st = _loss(model, a, b, crops(trust) & rv, mv, s, gen, hybrid_weight, (rv, mv))
             mon.check()
             opt.zero_grad(set_to_none=True)
             if torch.isfinite(loss):
@@ -295,7 +370,7 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
                 nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
             losses.append(float(loss.detach()))
-            accs.append(acc)
+            terms.append(st)
             step_s = time.perf_counter() - t_step
     model.eval()
     for p in model.parameters():
@@ -303,9 +378,16 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
     note.update(steps=len(losses), stopped=stopped)
     if losses:
         k = min(3, len(losses))
-        note["loss"] = {"first": round(float(np.mean(losses[:k])), 4), "last": round(float(np.mean(losses[-k:])), 4)}
-        note["positive_accuracy"] = {"first": round(float(np.mean(accs[:k])), 3),
-                                     "last": round(float(np.mean(accs[-k:])), 3)}
+
+        def first_last(v: list[float], nd: int = 4) -> dict[str, float]:
+            return {"first": round(float(np.mean(v[:k])), nd), "last": round(float(np.mean(v[-k:])), nd)}
+
+        note["loss"] = first_last(losses)
+        note["loss_terms"] = {t: first_last([x[t] for x in terms]) for t in ("nce", "coral", "tm_hybrid")
+                              if all(t in x for x in terms)}
+        note["positive_accuracy"] = first_last([x["acc"] for x in terms], 3)
+        if all("tm_acc" in x for x in terms):
+            note["template_accuracy"] = first_last([x["tm_acc"] for x in terms], 3)
     if not losses:
         note.update(why=f"the budget ({budget:g} s) leaves no time for an adaptation step and the second match "
                         f"(about {reserve:.1f} s): the original result is kept",
@@ -313,8 +395,9 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
         mon.log(f"adaptation: {note['why']}")
         return res0, descriptor, note
 
-    adapted = HSSCLDescriptor(model, device, info={**info, "adapted": True})
-    with mon.stage(0.7, 1.0, "matching (adapted network)"):
+    adapted = _adapted_descriptor(descriptor, model, device, info)
+    note["adapted_descriptor"] = adapted.name
+    with mon.stage(0.7, 1.0, f"matching (adapted {'hybrid' if hybrid else 'network'})"):
         try:
             res1 = match_pair(ref, ref_valid, mov, mov_valid, adapted, settings, monitor=mon)
         except NotEnoughMatchesError as err:
@@ -325,7 +408,7 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
         ev0, ev1 = note["evidence"]["before"], evidence(res1.diagnostics)
         note["evidence"]["after"] = ev1
         dis = _disagreement(res0, res1)
-        switch = not isinstance(descriptor, HSSCLDescriptor)
+        switch = not same_kind
         gain = s.min_gain_switch if switch else s.min_gain
         note["disagreement_px"] = round(dis, 3)
         if dis > s.max_disagreement_px:
@@ -333,7 +416,7 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
         elif ev1["pass2_inliers"] < s.min_inlier_share * ev0["pass2_inliers"]:
             why = (f"the adapted match keeps fewer verified tie points ({ev1['pass2_inliers']} vs "
                    f"{ev0['pass2_inliers']})")
-        elif switch and ev1["affine_rmse_px"] > ev0["affine_rmse_px"]:
+        elif (switch or hybrid) and ev1["affine_rmse_px"] > ev0["affine_rmse_px"]:
             why = (f"the adapted match is less precise than the first match ({first_name}): pass-2 affine RMSE "
                    f"{ev1['affine_rmse_px']:.2f} vs {ev0['affine_rmse_px']:.2f} px")
         elif ev1["score"] < ev0["score"] + gain:

@@ -1,6 +1,7 @@
 """On-the-fly adaptation (engine/adapt.py) on the real sample pair (Sentinel-2 reference, Sentinel-1 target
 misregistered by a known similarity, resources/sample/truth.json): budget, report, truth, untouched
-weights, cancel, guard, tiny budget, failed first match."""
+weights, cancel, guard, tiny budget, failed first match; the hybrid descriptor (its own network adapted,
+the template-matching term, re-matched as the hybrid)."""
 from __future__ import annotations
 
 import json
@@ -134,3 +135,82 @@ def test_failed_first_match_says_what_adaptation_tried(tmp_path):
     with pytest.raises(NotEnoughMatchesError) as info:
         estimate(REF, str(noise), CoregConfig(adapt=True))
     assert "no pseudo-positives" in info.value.details
+
+
+def test_hybrid_loss_adds_the_template_term_with_gradients_on_the_fine_level():
+    import torch
+
+    from hsscl.engine.network.model import HSSCLNet, NetConfig
+
+    torch.manual_seed(0)
+    model = HSSCLNet(NetConfig())
+    a = torch.randn(2, 1, 64, 64)
+    a = torch.nn.functional.avg_pool2d(a, 3, 1, 1)  # some spatial structure
+    v = torch.ones_like(a, dtype=torch.bool)
+    s = replace(adapt.DEFAULT, crop=64, tm_template=16, tm_radius=4, tm_n=2)
+    loss, terms = adapt._loss(model, a, a.clone(), v, v, s, torch.Generator().manual_seed(0), hybrid_weight=0.5)
+    assert {"nce", "coral", "acc", "tm_hybrid", "tm_acc"} <= set(terms)
+    assert np.isfinite(terms["tm_hybrid"]) and terms["tm_hybrid"] > 0
+    loss.backward()
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.fine.parameters())
+    # the network alone (or a crop too small for template + 2 x radius) has no template term
+    _, plain_terms = adapt._loss(model, a, a, v, v, s, torch.Generator().manual_seed(0))
+    assert "tm_hybrid" not in plain_terms
+    _, small = adapt._loss(model, a, a, v, v, replace(s, tm_template=60), torch.Generator().manual_seed(0), 0.5)
+    assert "tm_hybrid" not in small
+
+
+def test_hybrid_adapts_its_own_network_and_rematches_as_the_hybrid(monkeypatch):
+    import torch
+
+    from hsscl.engine import pipeline
+    from hsscl.engine.descriptors.hybrid import HybridDescriptor
+
+    monkeypatch.setattr(adapt, "DEFAULT", replace(adapt.DEFAULT, max_steps=4))  # keeps the test short
+    weights = MODELS_DIR / registry_entry()["file"]
+    before = sha256(weights)
+    matched: list = []  # the descriptors match_pair ran with: the first match's, then the adapted one
+    seen: dict = {}
+    match_pair, match_adapted = adapt.match_pair, pipeline.match_adapted
+
+    def recording_match(*args, **kwargs):
+        matched.append(args[4])
+        return match_pair(*args, **kwargs)
+
+    def recording_adapted(*args, **kwargs):
+        first = seen["first"] = args[4]
+        seen["state"] = {k: v.clone() for k, v in first.network.model.state_dict().items()}
+        out = match_adapted(*args, **kwargs)
+        seen["kept"] = out[1]
+        return out
+
+    monkeypatch.setattr(adapt, "match_pair", recording_match)
+    monkeypatch.setattr(pipeline, "match_adapted", recording_adapted)
+    est = estimate(REF, TGT, CoregConfig(descriptor="hybrid", adapt=True, adapt_budget_s=60.0))
+    ad = est.report["adaptation"]
+    assert ad["network"] == "hybrid (fine level)" and ad["first_descriptor"] == "hybrid", ad
+    assert ad["adapted_descriptor"] == "hybrid" and ad["hybrid_weight"] == 0.5
+    assert ad["kept"] in ("adapted", "original") and ad["why"]
+    assert ad["steps"] == 4 and ad["stopped"] == "all steps done"
+    assert set(ad["loss_terms"]) == {"nce", "coral", "tm_hybrid"}
+    assert all(np.isfinite(v) for t in ad["loss_terms"].values() for v in t.values())
+    assert 0.0 <= ad["template_accuracy"]["last"] <= 1.0
+    assert ad["evidence"]["after"] is not None  # the re-match ran
+    first, kept = seen["first"], seen["kept"]
+    assert len(matched) == 2 and matched[0] is first
+    rematch = matched[1]
+    for d in (first, kept, rematch):
+        assert isinstance(d, HybridDescriptor)
+    assert kept is (rematch if ad["kept"] == "adapted" else first)
+    assert est.report["descriptor"] == "hybrid"
+    assert rematch.weight == first.weight and rematch.network.levels == first.network.levels == ("fine",)
+    assert rematch.network.info.get("adapted") is True
+    assert rematch.network.model is not first.network.model
+    # the original network is untouched; the adapted one's parameters changed
+    after = first.network.model.state_dict()
+    assert set(after) == set(seen["state"]) and all(torch.equal(after[k], v) for k, v in seen["state"].items())
+    orig_params = dict(first.network.model.named_parameters())
+    assert any(not torch.equal(p, orig_params[k]) for k, p in rematch.network.model.named_parameters())
+    assert truth_rmse(est.correction.model) < 1.5
+    json.dumps(est.report)
+    assert sha256(weights) == before
