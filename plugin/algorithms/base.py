@@ -52,7 +52,8 @@ GRIDS = (("reference", "Reference grid (resample the target onto the reference)"
          ("target", "Target grid (keep the target's pixels, correct its georeferencing)"))
 DEVICES = (("auto", "Automatic (CUDA if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
 DESCRIPTORS = (("auto", "Automatic (engine default)"), ("cfog", "CFOG (weight-free gradient features)"),
-               ("hsscl", "HSSCL network (experimental)"))
+               ("hsscl", "HSSCL network (experimental)"),
+               ("hybrid", "CFOG + HSSCL network fine level (hybrid)"))
 GRAPH_MODES = (("auto", "Automatic (off for now: no clear gain measured)"), ("on", "On"), ("off", "Off"))
 
 

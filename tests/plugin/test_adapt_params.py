@@ -25,3 +25,4 @@ def test_descriptor_graph_budget_parameters(provider, s1s2_pair, project):
                               context, reference)
     assert (config.descriptor, config.graph, config.adapt, config.adapt_budget_s) == ("hsscl", "off", True, 12.5)
     assert alg.build_config({**base, "DESCRIPTOR": 1, "GRAPH": 1}, context, reference).descriptor == "cfog"
+    assert alg.build_config({**base, "DESCRIPTOR": 3}, context, reference).descriptor == "hybrid"
