@@ -1,6 +1,6 @@
 """`make bench`: our engine and the tools users would pick instead, on the same cases, in one run.
 
-    .venv/bin/python -m bench.run [--quick] [--tools a,b] [--families f,g] [--cases substr,...]
+    .venv/bin/python -m bench.run [--set dev|heldout] [--quick] [--tools a,b] [--families f,g] [--cases substr,...]
                                   [--out docs/benchmarks.md] [--timeout 120] [--jobs 2 --threads 1]
 
 Each tool runs per case in its own subprocess with a time limit; wall time (including interpreter start
@@ -9,6 +9,9 @@ limited to one thread (the same limit for every tool), so a 2-core machine is us
 --threads 2`` gives each tool both cores instead. A tool that fails, crashes or times out
 counts as a failure for that case and its error is recorded. The error is measured on the truth raster,
 independently of what the tool reports (see ``bench/truth.py``).
+
+``--set heldout`` runs the held-out cases instead (``bench/heldout.py``: pairs no dev case uses, their own
+seed, case folders in ``.bench/cases_heldout``); the default ``dev`` is the 50 cases we tune on.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ if __package__ in (None, ""):  # `python bench/run.py`
     __package__ = "bench"
 
 from bench import cases as C  # noqa: E402
+from bench import heldout as HO  # noqa: E402
 from bench import truth as T  # noqa: E402
 from bench.tools.registry import DEFAULT, TOOLS, thread_env  # noqa: E402
 
@@ -159,6 +163,8 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", dest="case_set", choices=("dev", "heldout"), default="dev",
+                    help="dev: the 50 cases we tune on (default); heldout: disjoint pairs (bench/heldout.py)")
     ap.add_argument("--quick", action="store_true", help="about 15 cases (a few per family)")
     ap.add_argument("--tools", default=",".join(DEFAULT), help=f"comma list of {', '.join(TOOLS)}")
     ap.add_argument("--families", default="", help="comma list of families (default: all)")
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--csv", default="docs/benchmarks.csv")
     ap.add_argument("--plot", default="docs/img/bench_cdf.png")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per tool and case")
-    ap.add_argument("--seed", type=int, default=C.SEED)
+    ap.add_argument("--seed", type=int, default=None,
+                    help=f"misregistration draws (default: {C.SEED} dev, {HO.SEED} heldout)")
     ap.add_argument("--jobs", type=int, default=2, help="cases run at once (default 2)")
     ap.add_argument("--threads", type=int, default=1, help="threads per tool, the same for all (default 1)")
     a = ap.parse_args(argv)
@@ -177,7 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in names if t not in TOOLS]
     if unknown:
         ap.error(f"unknown tools {unknown}; known: {list(TOOLS)}")
-    srcs = C.select(a.quick, [f for f in a.families.split(",") if f] or None,
+    heldout = a.case_set == "heldout"
+    if a.seed is None:
+        a.seed = HO.SEED if heldout else C.SEED
+    cases_dir, work = (HO.CASES_DIR, WORK.with_name("runs_heldout")) if heldout else (C.CASES_DIR, WORK)
+    srcs = (HO.select if heldout else C.select)(a.quick, [f for f in a.families.split(",") if f] or None,
                     [c for c in a.cases.split(",") if c] or None)
     if not srcs:
         print("[bench] no cases: is shared/data there? (set HSSCL_BENCH_DATA)", file=sys.stderr)
@@ -186,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = []
     for s in srcs:
         try:
-            case = C.build_case(s, seed=a.seed)
+            case = C.build_case(s, out_root=cases_dir, seed=a.seed)
         except (ValueError, OSError, RuntimeError) as e:
             print(f"[bench] case {s.name} skipped: {e}", flush=True)
             continue
@@ -209,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def one_case(case: dict) -> tuple[list[dict], str]:
         rows: list[dict] = []
-        wd0 = WORK / case["id"]
+        wd0 = work / case["id"]
         wd0.mkdir(parents=True, exist_ok=True)
         floor = warp_floor(case, wd0, env)
         line = [f"{case['id'][:34]:34s} init {case['initial_rmse']:5.1f}"]
@@ -254,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
     total = time.perf_counter() - t_start
-    raw = ROOT / ".bench" / ("results_quick.json" if a.quick else "results.json")
-    info = {"machine": machine(), "quick": a.quick, "seed": a.seed, "n_cases": len(cases), "tools": names,
+    raw = ROOT / ".bench" / (("results_heldout" if heldout else "results") + ("_quick" if a.quick else "") + ".json")
+    info = {"set": a.case_set,
+            "sources": sorted({s.origin for s in srcs if any(c["id"] == s.name for c in cases)}),"machine": machine(), "quick": a.quick, "seed": a.seed, "n_cases": len(cases), "tools": names,
             "jobs": a.jobs, "threads": a.threads, "engine": engine_version(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
             "skipped": skipped, "total_seconds": total, "command": "python -m bench.run " + " ".join(argv or sys.argv[1:])}
     raw.write_text(json.dumps({"info": info, "rows": rows}, indent=1, default=float))
