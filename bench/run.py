@@ -267,9 +267,10 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - t_start
     raw = ROOT / ".bench" / (("results_heldout" if heldout else "results") + ("_quick" if a.quick else "") + ".json")
     info = {"set": a.case_set,
-            "sources": sorted({s.origin for s in srcs if any(c["id"] == s.name for c in cases)}),"machine": machine(), "quick": a.quick, "seed": a.seed, "n_cases": len(cases), "tools": names,
+            "sources": sorted({s.origin for s in srcs if any(c["id"] == s.name for c in cases)}), "machine": machine(), "quick": a.quick, "seed": a.seed, "n_cases": len(cases), "tools": names,
             "jobs": a.jobs, "threads": a.threads, "engine": engine_version(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
-            "skipped": skipped, "total_seconds": total, "command": "python -m bench.run " + " ".join(argv or sys.argv[1:])}
+            "skipped": skipped, "total_seconds": total, "command": ((f"HSSCL_BENCH_ARGS='{os.environ['HSSCL_BENCH_ARGS']}' " if os.environ.get("HSSCL_BENCH_ARGS") else "")
+                        + "python -m bench.run " + " ".join(argv or sys.argv[1:]))}
     raw.write_text(json.dumps({"info": info, "rows": rows}, indent=1, default=float))
     print(f"[bench] {len(rows)} runs in {total / 60:.1f} min; raw results in {raw}", flush=True)
     if a.out:
