@@ -53,8 +53,9 @@ def _add_matching_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--adapt-budget", type=float, default=30.0,
                    help="time budget of the adaptation in seconds (default 30)")
     p.add_argument("--descriptor", choices=DESCRIPTORS, default="auto",
-                   help="dense descriptor: auto (the current default), cfog (weight-free), hsscl (network), "
-                        "hybrid (CFOG beside the network's fine level) or hsscl-fine / -mid / -coarse (one level)")
+                   help="dense descriptor: auto (the current default), cfog (weight-free), learned-cfog (CFOG on the "
+                        "learned pre-filter), hsscl (network), hybrid (CFOG beside the network's fine level) or "
+                        "hsscl-fine / -mid / -coarse (one level)")
     p.add_argument("--graph", choices=GRAPH_MODES, default="auto",
                    help="graph refinement of the matches (GNN): on, off, auto (default; off for now: no clear gain measured)")
 

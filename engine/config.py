@@ -8,7 +8,7 @@ TRANSFORMS = ("auto", "shift", "affine", "poly2", "poly3", "tps")
 GRIDS = ("reference", "target")
 DEVICES = ("auto", "cpu", "cuda")
 MODALITIES = ("auto", "sar", "optical", "multispectral")
-DESCRIPTORS = ("auto", "cfog", "hsscl", "hybrid", "hsscl-fine", "hsscl-mid", "hsscl-coarse")  # hsscl-LEVEL: ablations
+DESCRIPTORS = ("auto", "cfog", "hsscl", "hybrid", "learned-cfog", "hsscl-fine", "hsscl-mid", "hsscl-coarse")  # hsscl-LEVEL: ablations
 GRAPH_MODES = ("auto", "on", "off")
 
 
@@ -21,8 +21,8 @@ class CoregConfig:
     device: str = "auto"             # auto | cpu | cuda
     seed: int = 0
     denoise: bool = True             # block-wise adaptive denoising before description
-    descriptor: str = "auto"         # auto (current default) | cfog | hsscl
-    weights: str | None = None       # path of other network weights (safetensors)
+    descriptor: str = "auto"         # auto (current default) | one of DESCRIPTORS
+    weights: str | None = None       # path of other network or pre-filter weights (safetensors)
     ref_bands: tuple[int, ...] | None = None   # 1-based band numbers; None = automatic reduction
     tgt_bands: tuple[int, ...] | None = None
     ref_modality: str = "auto"       # auto | sar | optical | multispectral

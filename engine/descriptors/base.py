@@ -1,6 +1,7 @@
 """The dense descriptor interface: images in, per-pixel L2-normalised feature maps out."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -23,14 +24,28 @@ class DenseDescriptor(Protocol):
 
 
 def get_descriptor(name: str = "auto", weights: str | None = None, device: str = "cpu") -> DenseDescriptor:
-    """Return the descriptor called ``name``; ``auto`` is the current engine default (CFOG), or the network
-    when other ``weights`` are given (a user who picks weights means the network)."""
+    """Return the descriptor called ``name``; ``auto`` is the current engine default (CFOG), or what other
+    ``weights`` are for when given (a user who picks weights means that model: the network, or the
+    pre-filter of ``learned-cfog``)."""
     if name == "auto" and weights:
-        name = "hsscl"
+        from ..network.prefilter import is_prefilter_file
+
+        name = "learned-cfog" if is_prefilter_file(weights) else "hsscl"
     if name in ("auto", "cfog"):
         from .cfog import CFOG
 
         return CFOG()
+    if name == "learned-cfog":
+        from ..network.prefilter import is_prefilter_file
+        from .learned_cfog import LearnedCFOG
+
+        if weights and Path(weights).is_file() and not is_prefilter_file(weights):
+            from ..errors import WeightsError
+
+            raise WeightsError(f"'{weights}' does not hold pre-filter weights, which 'learned-cfog' needs.",
+                               "Give a file written by 'hsscl train' with \"model\": \"prefilter\", or leave out "
+                               "--weights to use the shipped pre-filter.")
+        return LearnedCFOG.from_weights(weights, device)
     if name == "hybrid":
         from .hsscl import HSSCLDescriptor
         from .hybrid import HybridDescriptor
@@ -47,5 +62,5 @@ def get_descriptor(name: str = "auto", weights: str | None = None, device: str =
         return HSSCLDescriptor.from_weights(weights, device, levels=levels)
     from ..errors import InputError
 
-    raise InputError(f"Unknown descriptor '{name}'.", "Use 'auto', 'cfog', 'hsscl' (or one level: hsscl-fine, "
-                     "hsscl-mid, hsscl-coarse).")
+    raise InputError(f"Unknown descriptor '{name}'.", "Use 'auto', 'cfog', 'learned-cfog', 'hsscl', 'hybrid' (or "
+                     "one level: hsscl-fine, hsscl-mid, hsscl-coarse).")

@@ -39,6 +39,14 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"training cache not found: {cfg.cache}. Build it with: python scripts/build_traincache.py",
               file=sys.stderr)
         return 2
+    if cfg.model == "prefilter":
+        from .prefilter import train_prefilter
+
+        train_prefilter(cfg, args.out, resume=args.resume, log=lambda m: print(m, flush=True))
+        return 0
+    if cfg.model != "hsscl":
+        print(f"unknown model '{cfg.model}' in {args.config}: use \"hsscl\" or \"prefilter\"", file=sys.stderr)
+        return 2
     train(cfg, args.out, resume=args.resume, log=lambda m: print(m, flush=True))
     return 0
 

@@ -51,6 +51,10 @@ class TrainConfig:
     tm_n: int = 8
     tm_scale: float = 20.0
     select_on: str = "net"           # best checkpoint by held-out PCK@1 of "net" or "hybrid"
+    model: str = "hsscl"             # "hsscl" (the network) or "prefilter" (the learned pre-filter of CFOG)
+    prefilter: dict[str, Any] = field(default_factory=dict)   # PreFilterConfig fields
+    exclude_keys: tuple[str, ...] = ()  # cache pair keys never used (training or validation): held-out locations
+    val_keys: tuple[str, ...] = ()      # cache pair keys validated on instead of the cache's own split
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

@@ -61,11 +61,15 @@ class PairCache:
     """The training cache (.npz from :mod:`.cache`), held on ``device`` as float16 images."""
 
     def __init__(self, path: str | Path, split: str = "train", device: str | torch.device = "cpu",
-                 max_pairs: int | None = None) -> None:
+                 max_pairs: int | None = None, exclude: tuple[str, ...] | list[str] = (),
+                 val_keys: tuple[str, ...] | list[str] = ()) -> None:
         z = np.load(path, allow_pickle=False)
         self.summary = json.loads(str(z["summary"]))
         shapes, offsets = z["shapes"], z["offsets"]
-        sel = {"train": z["split"] == 0, "val": z["split"] == 1, "all": np.ones(len(z["split"]), bool)}[split]
+        is_val = np.isin(z["pair_key"], np.asarray(list(val_keys))) if val_keys else z["split"] == 1
+        sel = {"train": ~is_val, "val": is_val, "all": np.ones(len(z["split"]), bool)}[split]
+        if exclude:  # whole locations kept out (e.g. those of the held-out benchmark)
+            sel = sel & ~np.isin(z["pair_key"], np.asarray(list(exclude)))
         pidx = np.nonzero(sel)[0]
         if max_pairs is not None:
             pidx = pidx[:max_pairs]

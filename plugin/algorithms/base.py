@@ -53,7 +53,8 @@ GRIDS = (("reference", "Reference grid (resample the target onto the reference)"
 DEVICES = (("auto", "Automatic (CUDA if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))
 DESCRIPTORS = (("auto", "Automatic (engine default)"), ("cfog", "CFOG (weight-free gradient features)"),
                ("hsscl", "HSSCL network (experimental)"),
-               ("hybrid", "CFOG + HSSCL network fine level (hybrid)"))
+               ("hybrid", "CFOG + HSSCL network fine level (hybrid)"),
+               ("learned-cfog", "CFOG on the learned pre-filter"))
 GRAPH_MODES = (("auto", "Automatic (off for now: no clear gain measured)"), ("on", "On"), ("off", "Off"))
 
 

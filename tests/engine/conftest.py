@@ -49,3 +49,18 @@ def ben(shared_data: Path) -> dict[str, str]:
         return hits[0]
     return {"b04": one(2, "36_85", "B04"), "b08": one(2, "36_85", "B08"), "vv": one(1, "36_85", "VV"),
             "vv_zone33": one(1, "87_48", "VV")}
+
+
+@pytest.fixture(scope="session")
+def mini_cache(tmp_path_factory, shared_data):
+    """A training cache of the BigEarthNet example (real S1 / S2 pairs), built once per session."""
+    pytest.importorskip("osgeo")
+    from hsscl.engine.train.cache import CacheBuilder, add_bigearthnet
+
+    if not (shared_data / "bigearthnet_example").is_dir():
+        pytest.skip("BigEarthNet example not in this copy of the shared data")
+    cb = CacheBuilder(shared_data)
+    add_bigearthnet(cb)
+    out = tmp_path_factory.mktemp("cache") / "mini.npz"
+    cb.save(out)
+    return out

@@ -195,20 +195,6 @@ def test_hsscl_descriptor_in_the_pipeline_on_a_real_pair(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------- training
-@pytest.fixture(scope="module")
-def mini_cache(tmp_path_factory, shared_data):
-    pytest.importorskip("osgeo")
-    from hsscl.engine.train.cache import CacheBuilder, add_bigearthnet
-
-    if not (shared_data / "bigearthnet_example").is_dir():
-        pytest.skip("BigEarthNet example not in this copy of the shared data")
-    cb = CacheBuilder(shared_data)
-    add_bigearthnet(cb)
-    out = tmp_path_factory.mktemp("cache") / "mini.npz"
-    cb.save(out)
-    return out
-
-
 def _cfg(cache: Path, **kw):
     from hsscl.engine.train.config import TrainConfig
 

@@ -1,0 +1,122 @@
+"""The learned pre-filter of CFOG (engine/network/prefilter.py, descriptors/learned_cfog.py, train/prefilter.py)."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from hsscl.engine.descriptors import get_descriptor
+from hsscl.engine.descriptors.cfog import CFOG
+from hsscl.engine.descriptors.learned_cfog import LearnedCFOG
+from hsscl.engine.errors import WeightsError
+from hsscl.engine.network.prefilter import PreFilter, PreFilterConfig, is_prefilter_file, load_prefilter, save_prefilter
+from hsscl.engine.network.registry import MODELS_DIR, registry_entry, sha256
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _real_crops(mini_cache, size=64, n=2):
+    from hsscl.engine.train.data import PairCache
+
+    return PairCache(mini_cache, "all").sample(n, size, torch.Generator().manual_seed(4))
+
+
+def test_untrained_prefilter_is_the_identity_and_learned_cfog_is_cfog(mini_cache):
+    b = _real_crops(mini_cache)
+    pf = PreFilter().eval()
+    assert torch.equal(pf(b.a), b.a)
+    assert torch.allclose(LearnedCFOG(pf)(b.a, b.va), CFOG()(b.a * b.va, b.va), atol=1e-6)
+
+
+def test_prefilter_keeps_size_and_changes_the_image_once_trained(mini_cache):
+    b = _real_crops(mini_cache)
+    pf = PreFilter(PreFilterConfig(width=8, dilations=(1, 2))).eval()
+    torch.nn.init.normal_(pf.out.weight, std=0.1)
+    y = pf(b.a)
+    assert y.shape == b.a.shape and not torch.equal(y, b.a)
+    with pytest.raises(ValueError):
+        pf(torch.zeros(1, 2, 8, 8))
+
+
+def test_weights_round_trip_and_errors(tmp_path):
+    pf = PreFilter(PreFilterConfig(width=8, dilations=(1, 2, 1)))
+    torch.nn.init.normal_(pf.out.weight, std=0.1)
+    path = tmp_path / "pf.safetensors"
+    digest = save_prefilter(pf, path, {"step": 3})
+    assert is_prefilter_file(path) and digest == sha256(path)
+    back = load_prefilter(path, digest)
+    assert back.config == pf.config
+    for (k, x), (_, y) in zip(pf.state_dict().items(), back.state_dict().items()):
+        assert torch.equal(x, y), k
+    with pytest.raises(WeightsError, match="corrupt"):
+        load_prefilter(path, "0" * 64)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(path.read_bytes()[:100])
+    assert not is_prefilter_file(bad)
+    with pytest.raises(WeightsError, match="not a readable"):
+        load_prefilter(bad)
+    with pytest.raises(WeightsError, match="not found"):
+        load_prefilter(tmp_path / "missing.safetensors")
+
+
+def test_descriptor_selection_by_name_and_by_weights(tmp_path):
+    path = tmp_path / "pf.safetensors"
+    save_prefilter(PreFilter(), path)
+    assert isinstance(get_descriptor("learned-cfog", str(path)), LearnedCFOG)
+    assert isinstance(get_descriptor("auto", str(path)), LearnedCFOG)  # the weights say what they are for
+    net = MODELS_DIR / registry_entry("hsscl")["file"]
+    with pytest.raises(WeightsError, match="pre-filter"):
+        get_descriptor("learned-cfog", str(net))
+    with pytest.raises(WeightsError, match="HSSCL network"):
+        get_descriptor("hsscl", str(path))
+
+
+def test_train_prefilter_smoke_excludes_keys_writes_weights_and_resumes(mini_cache, tmp_path):
+    from hsscl.engine.train.config import TrainConfig
+    from hsscl.engine.train.prefilter import train_prefilter
+
+    cfg = TrainConfig(model="prefilter", cache=str(mini_cache), device="cpu", steps=2, batch=2, crop=64, warmup=1,
+                      tm_template=24, tm_radius=6, tm_n=3, val_every=1000, val_batches=1, log_every=1, ckpt_every=1,
+                      prefilter={"width": 8, "dilations": [1, 2]}, exclude_keys=("bigearthnet:36_85",),
+                      val_keys=("bigearthnet:87_48",))
+    out = tmp_path / "run"
+    s = train_prefilter(cfg, out, log=lambda m: None)
+    assert s["steps"] == 2 and s["sha256"] == sha256(out / "prefilter.safetensors")
+    assert s["val_keys"] == ["bigearthnet:87_48"] and s["excluded_keys"] == ["bigearthnet:36_85"]
+    assert s["train_pairs"] > 0 and all("36_85" not in k for k in s["val_keys"])
+    lines = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    steps = [r for r in lines if "loss" in r and r.get("event") is None]
+    assert steps and all(np.isfinite(r["loss"]) and 0 <= r["tm_acc"] <= 1 for r in steps)
+    assert not torch.equal(load_prefilter(out / "prefilter.safetensors").out.weight, torch.zeros(1, 8, 1, 1))
+    s2 = train_prefilter(replace(cfg, steps=3), out, resume=True, log=lambda m: None)
+    assert s2["steps"] == 3
+
+
+def test_prefilter_loss_goes_down_on_a_fixed_real_batch(mini_cache):
+    from hsscl.engine.train.config import TrainConfig
+    from hsscl.engine.train.data import PairCache
+    from hsscl.engine.train.prefilter import prefilter_step
+
+    cfg = TrainConfig(model="prefilter", tm_template=24, tm_radius=6, tm_n=4)
+    batch = PairCache(mini_cache, "train").sample(3, 64, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    pf = PreFilter(PreFilterConfig(width=8, dilations=(1, 2)))
+    opt = torch.optim.Adam(pf.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(8):
+        loss, _ = prefilter_step(pf, batch, cfg, torch.Generator().manual_seed(5), torch.device("cpu"),
+                                 augment_inputs=False)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < losses[0], losses
