@@ -12,7 +12,13 @@ from hsscl.engine.descriptors import get_descriptor
 from hsscl.engine.descriptors.cfog import CFOG
 from hsscl.engine.descriptors.learned_cfog import LearnedCFOG
 from hsscl.engine.errors import WeightsError
-from hsscl.engine.network.prefilter import PreFilter, PreFilterConfig, is_prefilter_file, load_prefilter, save_prefilter
+from hsscl.engine.network.prefilter import (
+    PreFilter,
+    PreFilterConfig,
+    is_prefilter_file,
+    load_prefilter,
+    save_prefilter,
+)
 from hsscl.engine.network.registry import MODELS_DIR, registry_entry, sha256
 
 
