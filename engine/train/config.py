@@ -50,6 +50,7 @@ class TrainConfig:
     tm_radius: int = 8
     tm_n: int = 8
     tm_scale: float = 20.0
+    tm_label_sigma: float = 0.0      # > 0: Gaussian target over the shifts around the true one (px)
     select_on: str = "net"           # best checkpoint by held-out PCK@1 of "net" or "hybrid"
     model: str = "hsscl"             # "hsscl" (the network) or "prefilter" (the learned pre-filter of CFOG)
     prefilter: dict[str, Any] = field(default_factory=dict)   # PreFilterConfig fields

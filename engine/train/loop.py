@@ -85,7 +85,8 @@ def step_losses(model: HSSCLNet, batch, cfg: TrainConfig, gen: torch.Generator, 
         terms["coral"] = float(coral_total.detach())
     if cfg.tm_weight > 0 or cfg.tm_hybrid_weight > 0:
         size = tuple(a.shape[-2:])
-        tm = dict(template=cfg.tm_template, radius=cfg.tm_radius, n=cfg.tm_n, scale=cfg.tm_scale)
+        tm = dict(template=cfg.tm_template, radius=cfg.tm_radius, n=cfg.tm_n, scale=cfg.tm_scale,
+                  label_sigma=cfg.tm_label_sigma)
         if cfg.tm_weight > 0:
             loss, st = template_loss(model.dense(fa, size), batch.va, model.dense(fb, size), batch.vb, batch.H,
                                      gen, **tm)

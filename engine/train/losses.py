@@ -193,13 +193,15 @@ def template_zncc(t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 def template_loss(da: torch.Tensor, va: torch.Tensor, db: torch.Tensor, vb: torch.Tensor, H: torch.Tensor,
                   gen: torch.Generator, template: int = 32, radius: int = 8, n: int = 8,
-                  scale: float = 20.0) -> tuple[torch.Tensor, dict]:
+                  scale: float = 20.0, label_sigma: float = 0.0) -> tuple[torch.Tensor, dict]:
     """The engine's fine matching step as a loss: templates of ``a``'s dense map are correlated (ZNCC)
     with ``b``'s map (resampled through the known warp, so the true shift is 0 everywhere) at every shift
     within ``radius`` px, and the softmax over shifts (logits ``scale * zncc``) is pushed onto the
     true one. This trains exactly what template matching needs: a correlation peak at the right place,
-    sharper than at any neighbouring shift. Returns the loss and the share of templates whose ZNCC peak
-    is within 1 px of the truth.
+    sharper than at any neighbouring shift. ``label_sigma`` > 0 spreads the target over the shifts next
+    to the true one (a Gaussian of that many px), so that the loss is about the peak standing out from
+    the far, wrong shifts rather than about sub-pixel sharpness. Returns the loss and the share of
+    templates whose ZNCC peak is within 1 px of the truth.
 
     Shapes: da, db (B, C, S, S); va, vb (B, 1, S, S) bool; H (B, 2, 3).
     """
@@ -209,6 +211,11 @@ def template_loss(da: torch.Tensor, va: torch.Tensor, db: torch.Tensor, vb: torc
         raise ValueError(f"crop {S} px too small for template {T} + 2 x radius {R}")
     dbw, vbw = warp_to_a(db, vb, H)
     target = R * (2 * R + 1) + R
+    soft = None
+    if label_sigma > 0:
+        d = torch.arange(-R, R + 1, dtype=torch.float32, device=da.device)
+        g = torch.exp(-0.5 * (d[:, None] ** 2 + d[None, :] ** 2) / label_sigma ** 2).flatten()
+        soft = g / g.sum()
     losses, hits, count = [], 0.0, 0
     for _ in range(n):
         y0, x0 = (int(v) for v in torch.randint(R, S - T - R + 1, (2,), generator=gen))
@@ -219,8 +226,8 @@ def template_loss(da: torch.Tensor, va: torch.Tensor, db: torch.Tensor, vb: torc
         if not bool(ok.any()):
             continue
         z = template_zncc(t[ok], s[ok]).flatten(1)                                     # (b, (2R+1)^2)
-        losses.append(F.cross_entropy(scale * z.float(), torch.full((z.shape[0],), target, device=z.device),
-                                      reduction="sum"))
+        logp = F.log_softmax(scale * z.float(), 1)
+        losses.append(-(logp[:, target].sum() if soft is None else (logp * soft).sum()))
         with torch.no_grad():
             k = z.argmax(1)
             dy, dx = k // (2 * R + 1) - R, k % (2 * R + 1) - R

@@ -45,7 +45,8 @@ def prefilter_step(model: PreFilter, batch, cfg: TrainConfig, gen: torch.Generat
     cfog = CFOG()
     da, db = cfog(model(a), batch.va), cfog(model(b), batch.vb)
     loss, st = template_loss(da, batch.va, db, batch.vb, batch.H, gen, template=cfg.tm_template,
-                             radius=cfg.tm_radius, n=cfg.tm_n, scale=cfg.tm_scale)
+                             radius=cfg.tm_radius, n=cfg.tm_n, scale=cfg.tm_scale,
+                             label_sigma=cfg.tm_label_sigma)
     return loss, {"loss": float(loss.detach()), "tm_acc": st["acc"], "templates": st["n"]}
 
 

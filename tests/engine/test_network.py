@@ -353,6 +353,12 @@ def test_template_loss_finds_the_known_warp_and_ranks_a_wrong_one_worse(mini_cac
                                 n=6)
     assert st["n"] > 0 and st["acc"] > 0.9, st
     assert st_bad["acc"] < 0.2 and float(bad) > float(good) + 1.0, (float(good), float(bad), st_bad)
+    # a soft target around the true shift: still low at the truth, and a 5 px error still costs
+    soft, _ = template_loss(da, b.va, db, b.vb, b.H, torch.Generator().manual_seed(0), template=24, radius=6, n=6,
+                            label_sigma=1.0)
+    soft_bad, _ = template_loss(da, b.va, db, b.vb, H_bad, torch.Generator().manual_seed(0), template=24, radius=6,
+                                n=6, label_sigma=1.0)
+    assert float(soft_bad) > float(soft) + 1.0, (float(soft), float(soft_bad))
 
 
 def test_template_loss_trains_the_network_and_the_hybrid_field(mini_cache):
