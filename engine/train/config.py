@@ -56,6 +56,7 @@ class TrainConfig:
     prefilter: dict[str, Any] = field(default_factory=dict)   # PreFilterConfig fields
     exclude_keys: tuple[str, ...] = ()  # cache pair keys never used (training or validation): held-out locations
     val_keys: tuple[str, ...] = ()      # cache pair keys validated on instead of the cache's own split
+    residuals: bool = False             # correct each pair by its verified residual offset (train.residual)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:

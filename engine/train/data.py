@@ -62,7 +62,7 @@ class PairCache:
 
     def __init__(self, path: str | Path, split: str = "train", device: str | torch.device = "cpu",
                  max_pairs: int | None = None, exclude: tuple[str, ...] | list[str] = (),
-                 val_keys: tuple[str, ...] | list[str] = ()) -> None:
+                 val_keys: tuple[str, ...] | list[str] = (), residuals: bool = False) -> None:
         z = np.load(path, allow_pickle=False)
         self.summary = json.loads(str(z["summary"]))
         shapes, offsets = z["shapes"], z["offsets"]
@@ -104,6 +104,20 @@ class PairCache:
         self.modality = torch.from_numpy(z["modality"].astype(np.int64))
         self.domain = torch.from_numpy(z["domain"].astype(np.int64))
         self.domains = list(self.summary.get("domains", []))
+        # residual misregistration of each pair (b relative to a, source px), see .residual
+        self.shift = np.zeros((len(self.pairs), 2))
+        self.residual_records: list[dict] = []
+        if residuals:
+            from .residual import mine_pair_shifts
+
+            shifts, ok, self.residual_records = mine_pair_shifts(self)
+            same_sensor = self.kinds == "band-band"
+            keep = ok | same_sensor            # unverified cross-sensor pairs are left out
+            self.shift = np.where(ok[:, None], shifts, 0.0)[keep]
+            self.pairs, self.kinds, self.sources, self.keys = (x[keep] for x in (self.pairs, self.kinds, self.sources,
+                                                                                 self.keys))
+            if len(self.pairs) == 0:
+                raise ValueError(f"no {split} pairs of {path} survive the residual check")
         # balance sources: weight of a pair ~ 1 / sqrt(pairs of its source)
         src, counts = np.unique(self.sources, return_counts=True)
         per = dict(zip(src, counts))
@@ -137,8 +151,9 @@ class PairCache:
         A, VA, B, VB, Hs, ma, mb, da, db = [], [], [], [], [], [], [], [], []
         for k in index:
             ia, ib = (int(v) for v in self.pairs[k])
+            sx, sy = self.shift[k]
             if u() < 0.5:
-                ia, ib = ib, ia
+                ia, ib, sx, sy = ib, ia, -sx, -sy
             h, w = self.images[ia].shape[-2:]
             zoom = max(1.0, 1.15 * size / min(h, w)) * math.exp(u(-0.15, 0.15))
             span = size / zoom
@@ -148,7 +163,7 @@ class PairCache:
             GA = np.array([[1 / zoom, 0, ox], [0, 1 / zoom, oy], [0, 0, 1]]) @ turn
             W = _affine(math.radians(u(-warp.rotation_deg, warp.rotation_deg)), u(-warp.log_scale, warp.log_scale),
                         u(-warp.shear, warp.shear), u(-warp.shift_px, warp.shift_px), u(-warp.shift_px, warp.shift_px), c)
-            GB = GA @ W
+            GB = np.array([[1.0, 0, sx], [0, 1.0, sy], [0, 0, 1]]) @ GA @ W   # + the pair's residual offset
             imgs = []
             for i, G in ((ia, GA), (ib, GB)):
                 ch = 0 if u() < p_denoised else 1

@@ -57,8 +57,10 @@ def train_prefilter(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_set = PairCache(cfg.cache, "train", device, exclude=cfg.exclude_keys, val_keys=cfg.val_keys)
-    val_set = PairCache(cfg.cache, "val", device, exclude=cfg.exclude_keys, val_keys=cfg.val_keys)
+    train_set = PairCache(cfg.cache, "train", device, exclude=cfg.exclude_keys, val_keys=cfg.val_keys,
+                          residuals=cfg.residuals)
+    val_set = PairCache(cfg.cache, "val", device, exclude=cfg.exclude_keys, val_keys=cfg.val_keys,
+                        residuals=cfg.residuals)
     warp = WarpRange(**cfg.warp)
     if cfg.init_weights:
         model = load_prefilter(cfg.init_weights, device=device)
@@ -81,6 +83,11 @@ def train_prefilter(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         logf.write(json.dumps(rec) + "\n")
         logf.flush()
 
+    if cfg.residuals:
+        rec = train_set.residual_records + val_set.residual_records
+        emit({"event": "residuals", "pairs": rec})
+        log(f"residual offsets: {sum(r.get('verified', False) for r in rec)} of {len(rec)} pairs verified; "
+            f"kept {len(train_set)} train / {len(val_set)} held-out pairs")
     log(f"pre-filter on {device}; {model.n_parameters():,} parameters; {len(train_set)} train / {len(val_set)} "
         f"held-out pairs; sources {sorted(set(train_set.sources))}; excluded keys {list(cfg.exclude_keys)}")
     vb = fixed_shift_batches(val_set, cfg.val_batches, 16, cfg.crop)
