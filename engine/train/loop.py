@@ -119,8 +119,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    train_set = PairCache(cfg.cache, "train", device)
-    val_set = PairCache(cfg.cache, "val", device)
+    train_set = PairCache(cfg.cache, "train", device, exclude=cfg.exclude_keys, val_keys=cfg.val_keys,
+                          residuals=cfg.residuals)
+    val_set = PairCache(cfg.cache, "val", device, exclude=cfg.exclude_keys, val_keys=cfg.val_keys,
+                        residuals=cfg.residuals)
     warp = WarpRange(**cfg.warp)
     if cfg.init_weights:
         from ..network.registry import load_weights
