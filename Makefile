@@ -1,7 +1,7 @@
 # Convenience targets; each runs the idempotent set-up first (scripts/setup.sh).
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast package lint screenshot clean train train-cache
+.PHONY: setup demo test test-fast package lint screenshot clean train train-cache train-prefilter
 setup:
 	bash scripts/setup.sh
 
@@ -34,5 +34,10 @@ train-cache: setup
 # CPU smoke-scale training (300 steps, 10-20 min on 2 cores); the GPU recipe is scripts/train_gpu.sh
 train: train-cache
 	$(PY) -m hsscl.engine.cli train configs/hsscl_cpu_smoke.json --out out/train
+
+# the learned pre-filter of CFOG, from scratch on 2 CPU cores (about 35 min), held-out locations excluded;
+# publish with: $(PY) -m hsscl.engine.train.publish out/prefilter --best
+train-prefilter: train-cache
+	$(PY) -m hsscl.engine.cli train configs/prefilter_cpu.json --out out/prefilter --threads 2
 
 include bench/bench.mk

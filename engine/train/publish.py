@@ -18,7 +18,12 @@ def publish(run_dir: str | Path, models_dir: str | Path = MODELS_DIR, best: bool
     run = Path(run_dir)
     summary = json.loads((run / "summary.json").read_text())
     src = run / (summary["best_weights"] if best and summary.get("best_weights") else summary["weights"])
-    load_weights(src)  # refuses anything that is not loadable HSSCL weights
+    if summary.get("model") == "prefilter":
+        from ..network.prefilter import load_prefilter
+
+        load_prefilter(src)  # refuses anything that is not a loadable pre-filter
+    else:
+        load_weights(src)  # refuses anything that is not loadable HSSCL weights
     models = Path(models_dir)
     name, version = summary["name"], summary["version"]
     dst = models / f"{name}-{version}.safetensors"
@@ -32,9 +37,11 @@ def publish(run_dir: str | Path, models_dir: str | Path = MODELS_DIR, best: bool
             "steps": summary["steps"], "seconds": summary["seconds"], "device": compute or summary["device"],
             "torch": summary["torch"], "which": "best held-out PCK@1" if best else "final"},
         "data": data or summary["train_sources"], "held_out": summary["val_keys"],
-        "validation": {"hsscl": summary["val_final"], "cfog": summary["cfog_val"],
+        "validation": {summary.get("model", "hsscl"): summary["val_final"], "cfog": summary["cfog_val"],
                        "best_pck1": summary["val_best_pck1"]},
     }
+    if summary.get("excluded_keys"):
+        entry["excluded"] = summary["excluded_keys"]
     reg.setdefault("models", {})[name] = entry
     reg_path.write_text(json.dumps(reg, indent=2) + "\n")
     return entry

@@ -105,6 +105,15 @@ def test_train_prefilter_smoke_excludes_keys_writes_weights_and_resumes(mini_cac
     assert not torch.equal(load_prefilter(out / "prefilter.safetensors").out.weight, torch.zeros(1, 8, 1, 1))
     s2 = train_prefilter(replace(cfg, steps=3), out, resume=True, log=lambda m: None)
     assert s2["steps"] == 3
+    # publishing installs it under its own name in a registry, checksummed, with its exclusions
+    from hsscl.engine.train.publish import publish
+
+    models = tmp_path / "models"
+    models.mkdir()
+    entry = publish(out, models, best=False)
+    reg = json.loads((models / "registry.json").read_text())
+    assert reg["models"]["prefilter"] == entry and entry["excluded"] == ["bigearthnet:36_85"]
+    load_prefilter(models / entry["file"], entry["sha256"])
 
 
 def test_prefilter_loss_goes_down_on_a_fixed_real_batch(mini_cache):
