@@ -26,6 +26,10 @@ def publish(run_dir: str | Path, models_dir: str | Path = MODELS_DIR, best: bool
         load_weights(src)  # refuses anything that is not loadable HSSCL weights
     models = Path(models_dir)
     name, version = summary["name"], summary["version"]
+    if summary.get("model") == "prefilter":
+        from ..descriptors.learned_cfog import REGISTRY_NAME
+
+        name = REGISTRY_NAME  # the entry learned-cfog reads, whatever the run was called
     dst = models / f"{name}-{version}.safetensors"
     shutil.copyfile(src, dst)
     reg_path = models / "registry.json"
