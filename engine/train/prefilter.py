@@ -12,8 +12,6 @@ Outputs in ``out_dir``: ``train_log.jsonl``, ``ckpt.pt``, ``prefilter.safetensor
 """
 from __future__ import annotations
 
-import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,12 +21,10 @@ import torch
 from ..descriptors.cfog import CFOG
 from ..descriptors.learned_cfog import LearnedCFOG
 from ..network.prefilter import PreFilter, PreFilterConfig, load_prefilter, save_prefilter
-from ..network.registry import sha256
 from .augment import augment
 from .config import TrainConfig
-from .data import PairCache, WarpRange
-from .loop import _lr_factor, _save_ckpt, pick_device
 from .losses import template_loss
+from .runner import Hooks, Setup, open_log, run
 from .validate import fixed_shift_batches, shift_pck
 
 
@@ -52,37 +48,14 @@ def prefilter_step(model: PreFilter, batch, cfg: TrainConfig, gen: torch.Generat
 
 def train_prefilter(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    device = pick_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    train_set = PairCache(cfg.cache, "train", device, exclude=cfg.exclude_keys, val_keys=cfg.val_keys,
-                          residuals=cfg.residuals)
-    val_set = PairCache(cfg.cache, "val", device, exclude=cfg.exclude_keys, val_keys=cfg.val_keys,
-                        residuals=cfg.residuals)
-    warp = WarpRange(**cfg.warp)
+    setup = Setup.create(cfg, out_dir)
+    device, train_set, val_set = setup.device, setup.train_set, setup.val_set
     if cfg.init_weights:
         model = load_prefilter(cfg.init_weights, device=device)
         log(f"starting from {cfg.init_weights}")
     else:
         model = PreFilter(PreFilterConfig.from_dict(cfg.prefilter)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    step, elapsed0, best = 0, 0.0, -1.0
-    ckpt = out / "ckpt.pt"
-    if resume and ckpt.is_file():
-        st = torch.load(ckpt, map_location=device, weights_only=True)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        gen.set_state(st["gen"])
-        step, elapsed0, best = int(st["step"]), float(st["elapsed"]), float(st["best"])
-        log(f"resumed from {ckpt} at step {step}")
-    logf = open(out / "train_log.jsonl", "a")
-
-    def emit(rec: dict) -> None:
-        logf.write(json.dumps(rec) + "\n")
-        logf.flush()
-
+    emit, close = open_log(setup.out)
     if cfg.residuals:
         rec = train_set.residual_records + val_set.residual_records
         emit({"event": "residuals", "pairs": rec})
@@ -101,67 +74,16 @@ def train_prefilter(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         with torch.no_grad():
             res = shift_pck(LearnedCFOG(model, device), vb, device=device)
         model.train()
-        return res
+        return {**res, "select": res["pck1"]}
 
-    t0 = time.perf_counter()
-    history = []
-    model.train()
-    while step < cfg.steps:
-        elapsed = elapsed0 + time.perf_counter() - t0
-        if cfg.time_budget_s is not None and elapsed >= cfg.time_budget_s:
-            break
-        progress = max(step / cfg.steps, elapsed / cfg.time_budget_s if cfg.time_budget_s else 0.0)
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(progress, step, cfg.warmup)
-        batch = train_set.sample(cfg.batch, cfg.crop, gen, warp, cfg.p_denoised, cfg.p_band_mix)
-        loss, terms = prefilter_step(model, batch, cfg, gen, device)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step += 1
-        if step % cfg.log_every == 0 or step == 1:
-            rec = {"step": step, "time_s": round(elapsed, 1), "lr": opt.param_groups[0]["lr"], **terms}
-            emit(rec)
-            history.append(rec)
-            log(f"step {step:6d} {elapsed:7.1f}s loss {terms['loss']:.3f} | template peak within 1 px "
-                f"{terms['tm_acc']:.2f}")
-        if step % cfg.val_every == 0:
-            v = validate()
-            emit({"event": "val", "step": step, **v})
-            log(f"  val step {step}: pck1 {v['pck1']:.3f} pck2 {v['pck2']:.3f} median {v['median_px']:.2f} px "
-                f"(CFOG pck1 {cfog_val['pck1']:.3f})")
-            if v["pck1"] > best:
-                best = v["pck1"]
-                save_prefilter(model, out / "prefilter_best.safetensors", {"step": step, "val_pck1": best})
-        if step % cfg.ckpt_every == 0:
-            _save_ckpt(ckpt, model, opt, step, gen, elapsed0 + time.perf_counter() - t0, best)
-    elapsed = elapsed0 + time.perf_counter() - t0
-    final_val = validate()
-    emit({"event": "val", "step": step, "final": True, **final_val})
-    if final_val["pck1"] > best:
-        best = final_val["pck1"]
-        save_prefilter(model, out / "prefilter_best.safetensors", {"step": step, "val_pck1": best})
-    _save_ckpt(ckpt, model, opt, step, gen, elapsed, best)
-    final = out / "prefilter.safetensors"
-    digest = save_prefilter(model, final, {"step": step, "val_pck1": final_val["pck1"]})
-    best_file = out / "prefilter_best.safetensors"
-    summary = {
-        "name": cfg.name, "version": cfg.version, "model": "prefilter", "steps": step, "seconds": round(elapsed, 1),
-        "device": str(device) + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else ""),
-        "torch": torch.__version__, "parameters": model.n_parameters(),
-        "train_pairs": len(train_set), "val_pairs": len(val_set),
-        "train_sources": sorted(set(train_set.sources.tolist())), "val_keys": sorted(set(val_set.keys.tolist())),
-        "excluded_keys": list(cfg.exclude_keys),
-        "first_log": history[0] if history else None, "last_log": history[-1] if history else None,
-        "val_final": final_val, "val_best_pck1": best, "cfog_val": cfog_val,
-        "weights": final.name, "sha256": digest,
-        "best_weights": best_file.name if best_file.is_file() else None,
-        "best_sha256": sha256(best_file) if best_file.is_file() else None,
-        "config": cfg.to_dict(),
-    }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    logf.close()
-    log(f"done: {step} steps in {elapsed:.0f} s; held-out pck1 {final_val['pck1']:.3f} (best {best:.3f}), "
-        f"CFOG {cfog_val['pck1']:.3f}; weights {final} sha256 {digest[:12]}")
-    return summary
+    hooks = Hooks(
+        step=lambda batch, progress: prefilter_step(model, batch, cfg, setup.gen, device),
+        validate=validate,
+        save=lambda m, path, meta: save_prefilter(m, path, meta),
+        describe_step=lambda t: f"loss {t['loss']:.3f} | template peak within 1 px {t['tm_acc']:.2f}",
+        describe_val=lambda v: (f"pck1 {v['pck1']:.3f} pck2 {v['pck2']:.3f} median {v['median_px']:.2f} px "
+                                f"(CFOG pck1 {cfog_val['pck1']:.3f})"))
+    try:
+        return run(setup, model, hooks, "prefilter", cfog_val, resume, log, emit, {})
+    finally:
+        close()
