@@ -180,6 +180,7 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
     _hsscl("hsscl_net_nodenoise", "network, no denoising", ["--descriptor", "hsscl", "--graph", "off",
                                                              "--no-denoise"]),
     _hsscl("hsscl_hybrid", "CFOG + network fine level (hybrid)", ["--descriptor", "hybrid", "--graph", "off"]),
+    _hsscl("hsscl_lcfog", "CFOG on the learned pre-filter", ["--descriptor", "learned-cfog", "--graph", "off"]),
     _hsscl("hsscl_net_graph_adapt", "network + graph + adaptation", ["--descriptor", "hsscl", "--graph", "on",
                                                                      "--adapt"]),
 ]}
