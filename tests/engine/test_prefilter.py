@@ -201,3 +201,39 @@ def test_sampled_crops_follow_the_residual_offset(mini_cache):
     ok[..., :, -4:] = False
     err = (bw - b.a)[ok].abs().mean()
     assert float(err) < 0.1 * float(b.a[ok].std())
+
+
+# ---------------------------------------------------------------------------------- shipped weights
+def test_shipped_prefilter_matches_the_registry_and_is_trained():
+    from pathlib import Path
+
+    entry = registry_entry("prefilter")
+    path = MODELS_DIR / entry["file"]
+    assert sha256(path) == entry["sha256"] and entry["parameters"] == load_prefilter(path).n_parameters()
+    d = LearnedCFOG.from_weights()
+    assert d.info["version"] == entry["version"]
+    assert float(d.prefilter.out.weight.abs().sum()) > 0  # not the identity it starts from
+    # trained without the held-out benchmark's locations
+    assert {"3mos:SEN_city_01", "terramesh:609U_541L_3_0"} <= set(entry["excluded"])
+    assert Path(entry["file"]).suffix == ".safetensors"
+
+
+def test_learned_cfog_registers_the_real_sample_pair():
+    """The S2 / S1 sample (resources/sample, known similarity) through the whole pipeline with the shipped
+    pre-filter: within 1 px RMSE of the truth on a grid of checkpoints."""
+    from pathlib import Path
+
+    from hsscl.engine import pipeline
+    from hsscl.engine.config import CoregConfig
+
+    repo = Path(__file__).resolve().parents[2]
+    est = pipeline.estimate(repo / "resources" / "sample" / "s2_reference.tif",
+                            repo / "resources" / "sample" / "s1_target_misregistered.tif",
+                            CoregConfig(descriptor="learned-cfog", threads=1))
+    assert est.report["descriptor"] == "learned-cfog"
+    truth = json.loads((repo / "resources" / "sample" / "truth.json").read_text())
+    M = np.array(truth["target_to_reference_pixel"])
+    xy = np.stack(np.meshgrid(np.arange(40, 400, 40) + 0.5, np.arange(40, 400, 40) + 0.5), -1).reshape(-1, 2)
+    back = est.correction.model(xy) @ M[:, :2].T + M[:, 2]
+    err = float(np.sqrt(((back - xy) ** 2).sum(1).mean()))
+    assert err < 1.0, f"{err:.2f} px"
