@@ -26,14 +26,14 @@ bench-scale:
 
 # issue 5: the network descriptor and its ablation (each level alone, no denoising) beside the structural
 # descriptor, all without graph refinement; a table of its own (docs/benchmarks_ablation.md)
-ABLATION_TOOLS := none,hsscl_nograph,hsscl_hybrid,hsscl_net,hsscl_net_fine,hsscl_net_mid,hsscl_net_coarse,hsscl_net_nodenoise
+ABLATION_TOOLS := none,hsscl_nograph,hsscl_lcfog,hsscl_hybrid,hsscl_net,hsscl_net_fine,hsscl_net_mid,hsscl_net_coarse,hsscl_net_nodenoise
 bench-ablation: bench-setup
 	.venv/bin/python -m bench.run --tools $(ABLATION_TOOLS) --out docs/benchmarks_ablation.md \
 		--csv docs/benchmarks_ablation.csv --plot docs/img/bench_cdf_ablation.png $(BENCH_ARGS)
 
 # the held-out set (bench/heldout.py): pairs no dev case uses, their own seed; cases in .bench/cases_heldout.
 # Check decisions tuned on the 50 dev cases here; a table of its own (docs/benchmarks_heldout.md)
-HELDOUT_TOOLS ?= none,hsscl,hsscl_graph,hsscl_hybrid,hsscl_net
+HELDOUT_TOOLS ?= none,hsscl,hsscl_graph,hsscl_lcfog,hsscl_hybrid,hsscl_net
 bench-heldout: bench-setup
 	.venv/bin/python -m bench.run --set heldout --tools $(HELDOUT_TOOLS) --out docs/benchmarks_heldout.md \
 		--csv docs/benchmarks_heldout.csv --plot docs/img/bench_cdf_heldout.png $(BENCH_ARGS)

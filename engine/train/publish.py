@@ -22,8 +22,9 @@ def publish(run_dir: str | Path, models_dir: str | Path = MODELS_DIR, best: bool
         from ..network.prefilter import load_prefilter
 
         load_prefilter(src)  # refuses anything that is not a loadable pre-filter
+        net_config = None
     else:
-        load_weights(src)  # refuses anything that is not loadable HSSCL weights
+        net_config = load_weights(src).config.to_dict()  # refuses anything that is not loadable HSSCL weights
     models = Path(models_dir)
     name, version = summary["name"], summary["version"]
     if summary.get("model") == "prefilter":
@@ -44,6 +45,8 @@ def publish(run_dir: str | Path, models_dir: str | Path = MODELS_DIR, best: bool
         "validation": {summary.get("model", "hsscl"): summary["val_final"], "cfog": summary["cfog_val"],
                        "best_pck1": summary["val_best_pck1"]},
     }
+    if net_config is not None:
+        entry["net_config"] = net_config  # what the file holds (a fine-tuning config may not say)
     if summary.get("excluded_keys"):
         entry["excluded"] = summary["excluded_keys"]
     reg.setdefault("models", {})[name] = entry

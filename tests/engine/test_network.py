@@ -157,7 +157,8 @@ def test_shipped_weights_match_the_registry():
     assert f.stat().st_size < 5e6
     assert sha256(f) == entry["sha256"]
     d = get_descriptor("hsscl")
-    assert d.name == "hsscl" and d.channels == sum(NetConfig.from_dict(entry["training_config"]["net"]).dims)
+    assert d.name == "hsscl" and d.channels == sum(NetConfig.from_dict(entry["net_config"]).dims)
+    assert NetConfig.from_dict(entry["net_config"]) == load_weights(f, entry["sha256"]).config
     assert get_descriptor("auto").name == "cfog"  # the default stays CFOG until the network beats it
 
 
