@@ -413,7 +413,12 @@ def build_case(src: Source, out_root: Path = CASES_DIR, seed: int = SEED, force:
 
 
 def select(quick: bool = False, families: list[str] | None = None, names: list[str] | None = None) -> list[Source]:
-    srcs = sources()
+    return filter_sources(sources(), quick, families, names)
+
+
+def filter_sources(srcs: list[Source], quick: bool = False, families: list[str] | None = None,
+                   names: list[str] | None = None) -> list[Source]:
+    """The quick subset, the given families (full name or its part before '/') and name substrings."""
     if quick:
         srcs = [s for s in srcs if s.quick]
     if families:

@@ -147,15 +147,7 @@ def sources() -> list[Source]:
 
 
 def select(quick: bool = False, families: list[str] | None = None, names: list[str] | None = None) -> list[Source]:
-    srcs = sources()
-    if quick:
-        srcs = [s for s in srcs if s.quick]
-    if families:
-        fam = {f.lower() for f in families}
-        srcs = [s for s in srcs if s.family.lower() in fam or s.family.split("/")[0].lower() in fam]
-    if names:
-        srcs = [s for s in srcs if any(n in s.name for n in names)]
-    return srcs
+    return C.filter_sources(sources(), quick, families, names)
 
 
 if __name__ == "__main__":
