@@ -35,7 +35,7 @@ def fixed_shift_batches(cache: PairCache, n_batches: int, batch: int, size: int,
             oy = float(torch.rand((), generator=g)) * max(h - span, 0)
             t = (torch.rand(2, generator=g) * 10 - 5).numpy()
             GA = np.array([[1 / zoom, 0, ox], [0, 1 / zoom, oy], [0, 0, 1]])
-            sx, sy = cache.shift[k] if hasattr(cache, "shift") else (0.0, 0.0)   # the pair's residual offset
+            sx, sy = cache.shift[k]   # the pair's residual offset (0 unless residuals are on)
             GB = np.array([[1.0, 0, sx], [0, 1.0, sy], [0, 0, 1]]) @ GA @ np.array([[1, 0, t[0]], [0, 1, t[1]], [0, 0, 1]])
             a, va = cache._crop(cache.images[ia][0:1], cache.valid[ia], GA, size)
             b, vb = cache._crop(cache.images[ib][0:1], cache.valid[ib], GB, size)
