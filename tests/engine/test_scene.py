@@ -121,7 +121,9 @@ from hsscl.engine.progress import Monitor
 msgs = []
 res = pipeline.coregister(sys.argv[1], sys.argv[2], sys.argv[3], CoregConfig(threads=1),
                           Monitor(lambda f, m: msgs.append(m)))
-json.dump(msgs, open(sys.argv[4], "w"))
+# this process's own high-water mark: wait4's ru_maxrss would also count the parent's (pytest's) at exec time
+hwm_kb = int(next(x for x in open("/proc/self/status") if x.startswith("VmHWM:")).split()[1])
+json.dump({"messages": msgs, "peak_mb": hwm_kb / 1024}, open(sys.argv[4], "w"))
 """
 
 
@@ -132,12 +134,13 @@ def test_large_scene_tiled_bounded_memory(tmp_path, arosics):
     out, log = tmp_path / "out", tmp_path / "progress.json"
     p = subprocess.Popen([sys.executable, "-c", _CHILD, str(ref), str(tgt), str(out), str(log)], cwd=ROOT,
                          env={**os.environ, "OMP_NUM_THREADS": "1"}, stderr=subprocess.PIPE)
-    _, status, ru = os.wait4(p.pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, p.stderr.read().decode()[-3000:]
-    peak_mb = ru.ru_maxrss / 1024
-    # the whole-image path needs about 1.8 GB at 2048 px and grows with the area (~7 GB at 4096 px)
-    assert peak_mb < 1500, f"peak RSS {peak_mb:.0f} MB"
-    msgs = json.loads(log.read_text())
+    _, stderr = p.communicate()
+    assert p.returncode == 0, stderr.decode()[-3000:]
+    child = json.loads(log.read_text())
+    peak_mb, msgs = child["peak_mb"], child["messages"]
+    # the whole-image path needs about 1.8 GB at 2048 px and grows with the area (~7 GB at 4096 px);
+    # the tiled path measured 0.76 GB here (torch and GDAL imported: 0.27 GB)
+    assert peak_mb < 1200, f"peak RSS {peak_mb:.0f} MB"
     tiles = [m for m in dict.fromkeys(msgs) if m.startswith("tile ")]
     assert tiles == [f"tile {k}/16" for k in range(1, 17)]
     report = json.loads((out / "report.json").read_text())
