@@ -4,7 +4,8 @@
                                   [--out docs/benchmarks.md] [--timeout 120] [--jobs 2 --threads 1]
 
 Each tool runs per case in its own subprocess with a time limit; wall time (including interpreter start
-and model loading) and peak RSS (``os.wait4``) are measured. By default two cases run at once, each tool
+and model loading) and peak RSS (``os.wait4``; Linux counts the launcher's own high-water mark at exec, about 40 MB
+for this script, as a floor) are measured. By default two cases run at once, each tool
 limited to one thread (the same limit for every tool), so a 2-core machine is used fully; ``--jobs 1
 --threads 2`` gives each tool both cores instead. A tool that fails, crashes or times out
 counts as a failure for that case and its error is recorded. The error is measured on the truth raster,

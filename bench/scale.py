@@ -21,7 +21,8 @@ How the scenes are made (inputs under ``.bench/scale/``, git-ignored, rebuilt wh
    multimodal robustness, which the main benchmark does.
 
 What is measured, per size (one `hsscl coregister` subprocess each, ``--threads 1``):
-- wall time and peak RSS of the subprocess (``os.wait4``: the child's own peak, GDAL warp included);
+- wall time and peak RSS of the subprocess (``os.wait4``: the child's peak, GDAL warp included, floored by this
+  launcher's own high-water mark at exec, which Linux counts too: tens of MB here);
 - the true error of the estimated correction: ``|model(q) - T(q)|`` at a 41 x 41 grid of check positions
   ``q`` over the reference (inside the part the target covers), RMSE and maximum, in pixels;
 - the GDAL warp-only time: ``gdalwarp`` of the same target onto the reference grid through the true
