@@ -1,7 +1,7 @@
 # Convenience targets; each runs the idempotent set-up first (scripts/setup.sh).
 PY := .venv/bin/python
 
-.PHONY: setup demo test test-fast package lint screenshot clean train train-cache train-prefilter
+.PHONY: setup demo test test-fast package lint screenshot clean train train-cache train-prefilter train-ablation-da
 setup:
 	bash scripts/setup.sh
 
@@ -39,5 +39,10 @@ train: train-cache
 # publish with: $(PY) -m hsscl.engine.train.publish out/prefilter --best
 train-prefilter: train-cache
 	$(PY) -m hsscl.engine.cli train configs/prefilter_cpu.json --out out/prefilter --threads 2
+
+# issue 5's domain-alignment ablation: the 0.2.0 recipe with its CORAL term off, for the same 2950 steps
+# (about 40 min on 2 idle cores); not published: `make bench-network` reads out/ablation_nocoral/hsscl.safetensors
+train-ablation-da: train-cache
+	$(PY) -m hsscl.engine.cli train configs/hsscl_tm_cpu_nocoral.json --out out/ablation_nocoral --threads 2
 
 include bench/bench.mk

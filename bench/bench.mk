@@ -6,7 +6,7 @@
 BENCH_ARGS ?=
 SCALE_ARGS ?=
 
-.PHONY: bench bench-quick bench-setup bench-ablation bench-scale bench-heldout
+.PHONY: bench bench-quick bench-setup bench-ablation bench-scale bench-heldout bench-network
 
 bench-setup:
 	bash scripts/setup.sh
@@ -37,3 +37,14 @@ HELDOUT_TOOLS ?= none,hsscl,hsscl_graph,hsscl_lcfog,hsscl_hybrid,hsscl_net
 bench-heldout: bench-setup
 	.venv/bin/python -m bench.run --set heldout --tools $(HELDOUT_TOOLS) --out docs/benchmarks_heldout.md \
 		--csv docs/benchmarks_heldout.csv --plot docs/img/bench_cdf_heldout.png $(BENCH_ARGS)
+
+# issue 6 with the network as the base (alone, + graph, + adaptation, + both; the hybrid with both) and
+# issue 5's domain-alignment ablation (network and hybrid with weights trained without CORAL: run
+# `make train-ablation-da` first, or those two rows say "not trained yet"), on the held-out set and then on
+# the dev cases; tables of their own (docs/benchmarks_network_heldout.md, docs/benchmarks_network.md)
+NETWORK_TOOLS ?= none,hsscl_net,hsscl_net_graph,hsscl_net_adapt,hsscl_net_graph_adapt,hsscl_hybrid,hsscl_hybrid_graph_adapt,hsscl_net_nocoral,hsscl_hybrid_nocoral
+bench-network: bench-setup
+	.venv/bin/python -m bench.run --set heldout --tools $(NETWORK_TOOLS) --out docs/benchmarks_network_heldout.md \
+		--csv docs/benchmarks_network_heldout.csv --plot docs/img/bench_cdf_network_heldout.png $(BENCH_ARGS)
+	.venv/bin/python -m bench.run --tools $(NETWORK_TOOLS) --out docs/benchmarks_network.md \
+		--csv docs/benchmarks_network.csv --plot docs/img/bench_cdf_network.png $(BENCH_ARGS)

@@ -131,7 +131,15 @@ def _read_tiepoints(path: Path, case: dict) -> dict:
     return {"ref_xy": ref, "tgt_xy": tgt}
 
 
-def _hsscl(name: str, label: str, extra: list[str], note: str = "") -> Tool:
+def _weights_ok(path: Path, how: str) -> Callable[[], str | None]:
+    """Rows that run unpublished weights (an ablation's own training): available once they are trained."""
+    def check() -> str | None:
+        return _hsscl_ok() or (None if path.exists() else f"{path.relative_to(ROOT)} not trained yet: {how}")
+    return check
+
+
+def _hsscl(name: str, label: str, extra: list[str], note: str = "",
+           available: Callable[[], str | None] = _hsscl_ok) -> Tool:
     def timed(case: dict, wd: Path) -> Commands:
         # HSSCL_BENCH_ARGS: extra CLI options for every HSSCL row, e.g. "--weights out/run/hsscl_best.safetensors"
         # to compare candidate weights before they are published (the report's command line records it)
@@ -143,8 +151,13 @@ def _hsscl(name: str, label: str, extra: list[str], note: str = "") -> Tool:
     def post(case: dict, wd: Path) -> Commands:
         return [[HSSCL, "apply", str(wd / "out"), case["truth"], "-o", str(wd / "truth_on_reference.tif")]]
 
-    return Tool(name, label, "ours", timed=timed, post=post, collect=_hsscl_collect, available=_hsscl_ok,
+    return Tool(name, label, "ours", timed=timed, post=post, collect=_hsscl_collect, available=available,
                 note=note)
+
+
+# issue 5's domain-alignment ablation: the 0.2.0 recipe without its CORAL term (`make train-ablation-da`)
+NOCORAL = ROOT / "out" / "ablation_nocoral" / "hsscl.safetensors"
+_NOCORAL_OK = _weights_ok(NOCORAL, "make train-ablation-da")
 
 
 def _none_timed(case: dict, wd: Path) -> Commands:
@@ -181,8 +194,20 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
                                                              "--no-denoise"]),
     _hsscl("hsscl_hybrid", "CFOG + network fine level (hybrid)", ["--descriptor", "hybrid", "--graph", "off"]),
     _hsscl("hsscl_lcfog", "CFOG on the learned pre-filter", ["--descriptor", "learned-cfog", "--graph", "off"]),
+    # issue 6 with the network as the base: alone (hsscl_net), + graph, + adaptation, + both
+    _hsscl("hsscl_net_graph", "network + graph", ["--descriptor", "hsscl", "--graph", "on"]),
+    _hsscl("hsscl_net_adapt", "network + adaptation", ["--descriptor", "hsscl", "--graph", "off", "--adapt"]),
     _hsscl("hsscl_net_graph_adapt", "network + graph + adaptation", ["--descriptor", "hsscl", "--graph", "on",
                                                                      "--adapt"]),
+    _hsscl("hsscl_hybrid_graph_adapt", "hybrid + graph + adaptation", ["--descriptor", "hybrid", "--graph", "on",
+                                                                       "--adapt"]),
+    # issue 5: without domain alignment in training (same recipe, CORAL off; unpublished weights)
+    _hsscl("hsscl_net_nocoral", "network trained without CORAL", ["--descriptor", "hsscl", "--graph", "off",
+                                                                   "--weights", str(NOCORAL)],
+           "0.2.0 recipe, coral_weight 0 (configs/hsscl_tm_cpu_nocoral.json)", _NOCORAL_OK),
+    _hsscl("hsscl_hybrid_nocoral", "hybrid, network trained without CORAL",
+           ["--descriptor", "hybrid", "--graph", "off", "--weights", str(NOCORAL)],
+           "0.2.0 recipe, coral_weight 0 (configs/hsscl_tm_cpu_nocoral.json)", _NOCORAL_OK),
 ]}
 
 DEFAULT = ["none", "sift", "arosics_global", "arosics_local", "gefolki", "lightglue", "hsscl", "hsscl_nodenoise",
