@@ -118,10 +118,10 @@ def _value(name: str, kind: str, text: str, base: Path) -> Any:
             raise ValueError("must be band numbers from 1, e.g. '4,3,2' (quoted) or '4 3 2'")
         return bands
     if kind == "extent":
-        v = tuple(float(x) for x in _SEP.split(text.strip()) if x)
-        if len(v) != 4 or v[0] >= v[2] or v[1] >= v[3]:
+        ext = tuple(float(x) for x in _SEP.split(text.strip()) if x)
+        if len(ext) != 4 or ext[0] >= ext[2] or ext[1] >= ext[3]:
             raise ValueError("must be 'xmin ymin xmax ymax' with xmin < xmax and ymin < ymax")
-        return v
+        return ext
     if kind == "path":
         p = _resolve(text, base)
         if not os.path.isfile(p):
@@ -307,7 +307,7 @@ def _clean_temporaries(folder: Path) -> None:
 # ------------------------------------------------------------------------------------------ the batch
 
 def _summary_row(row: BatchRow, outdir: Path, **values: Any) -> dict[str, Any]:
-    base = {c: "" for c in SUMMARY_COLUMNS}
+    base: dict[str, Any] = {c: "" for c in SUMMARY_COLUMNS}
     base.update(row=row.row, id=row.id, reference=row.reference, target=row.target, outdir=str(outdir / row.folder))
     base.update({k: ("" if v is None else v) for k, v in values.items() if k in base})
     return base

@@ -159,10 +159,10 @@ def _run(ns) -> int:
     if ns.command == "batch":
         from .batch import print_batch_result, run_batch
 
-        res = run_batch(ns.manifest, ns.outdir, _config(ns, grid=ns.grid), scheduler=ns.scheduler,
-                        workers=ns.workers, overwrite=ns.overwrite,
-                        report=None if ns.quiet else (lambda line: print(line, flush=True)))
-        return print_batch_result(res)
+        batch_res = run_batch(ns.manifest, ns.outdir, _config(ns, grid=ns.grid), scheduler=ns.scheduler,
+                              workers=ns.workers, overwrite=ns.overwrite,
+                              report=None if ns.quiet else (lambda line: print(line, flush=True)))
+        return print_batch_result(batch_res)
     if ns.command == "train":
         from .train.cli import run_train
 

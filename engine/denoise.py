@@ -249,7 +249,7 @@ def denoise(image: np.ndarray, valid: np.ndarray | None, modality: str, block: i
     sar = modality == "sar"
     window = window or (7 if sar else 5)
     img, valid = _check(image, valid, block, window)
-    shape = img.shape
+    shape = (int(img.shape[0]), int(img.shape[1]))  # 2-D: _check rejects anything else
     nblocks = (-(-shape[0] // block), -(-shape[1] // block))
     stats: dict[str, Any] = {"block": block, "window": window, "modality": modality}
     if not valid.any():

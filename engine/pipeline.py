@@ -29,7 +29,7 @@ from .descriptors import get_descriptor
 from .device import resolve_device, set_threads
 from .errors import InputError
 from .fitting import fit_correction
-from .geometry.transforms import fit_model
+from .geometry.transforms import Affine
 from .io.output import atomic_path, prepare_outdir
 from .io.raster import (
     RasterGrid,
@@ -130,8 +130,11 @@ def _moving_to_target(match_grid: RasterGrid | None, tgt: RasterGrid):
 
     def f(xy: np.ndarray) -> np.ndarray:
         m = match_grid.pixel_to_map(np.asarray(xy, float))
-        if not same_crs(match_grid.crs_wkt, tgt.crs_wkt):
-            m = transform_points(m, match_grid.crs_wkt, tgt.crs_wkt)
+        src, dst = match_grid.crs_wkt, tgt.crs_wkt
+        if not same_crs(src, dst):
+            # same_crs is True when both are None; check_georeferencing refused exactly one CRS
+            assert src is not None and dst is not None
+            m = transform_points(m, src, dst)
         return tgt.map_to_pixel(m)
 
     return f
@@ -221,7 +224,7 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
     ok = np.isfinite(tgt_xy).all(1)
     ref_xy, tgt_xy, score = ref_xy[ok], tgt_xy[ok], fm.score[ok]
     # size of one reference pixel in target pixels (residuals are reported in reference pixels)
-    a = fit_model("affine", ref_xy, tgt_xy).A
+    a = Affine.fit(ref_xy, tgt_xy).A
     px_scale = float(np.sqrt(abs(np.linalg.det(a[:, :2])))) or 1.0
     with mon.stage(0.85, 0.95, "robust fitting"):
         fit = fit_correction(ref_xy, tgt_xy, score, config.transform, px_scale=px_scale, seed=config.seed)
@@ -331,7 +334,7 @@ def apply_tiepoints(tiepoints: str | os.PathLike | dict, reference: str | os.Pat
     CoregConfig(transform=transform, grid=grid)  # validates the names
     ref_grid = open_raster_info(reference).grid
     tgt_grid = open_raster_info(raster).grid
-    a = fit_model("affine", ref_xy, tgt_xy).A if len(ref_xy) >= 3 else np.eye(2, 3)
+    a = Affine.fit(ref_xy, tgt_xy).A if len(ref_xy) >= 3 else np.eye(2, 3)
     px_scale = float(np.sqrt(abs(np.linalg.det(a[:, :2])))) or 1.0
     fit = fit_correction(ref_xy, tgt_xy, np.ones(len(ref_xy)), transform, px_scale=px_scale, robust=False)
     correction = Correction(ref_grid, tgt_grid, fit.model, grid)

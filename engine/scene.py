@@ -27,6 +27,7 @@ import math
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
@@ -210,6 +211,7 @@ class ScenePlan:
                 parts.append(fm)
                 inliers.append(inl)
         used = [d for d in tiles_diag if "skipped" not in d]
+        diag: dict[str, Any]
         diag = {"mode": "tiled", "overview": {"size": list(self.size), "factor": round(float(self.factor.max()), 3),
                                               "matching": res.diagnostics},
                 "prior": {"model": prior.model.to_dict(), "rmse_px": round(prior.rmse_px, 3), "radius": prior.radius},

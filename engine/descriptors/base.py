@@ -17,8 +17,11 @@ class DenseDescriptor(Protocol):
         return: (B, C, H, W) float32, L2-normalised along C (zero where invalid)
     """
 
-    name: str
-    channels: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def channels(self) -> int: ...
 
     def __call__(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor: ...
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from ..errors import NotEnoughMatchesError
 
@@ -111,7 +112,7 @@ class Affine(Transform):
         return _as_points(xy) @ a[:, :2].T + a[:, 2]
 
     @classmethod
-    def from_array(cls, a: np.ndarray) -> Affine:
+    def from_array(cls, a: ArrayLike) -> Affine:
         a = np.asarray(a, dtype=np.float64).reshape(2, 3)
         return cls(tuple(tuple(float(v) for v in row) for row in a))  # type: ignore[arg-type]
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..geometry.transforms import Affine, fit_model
+from ..geometry.transforms import Affine
 from ..matching.fine import FineMatches
 from ..matching.sampling import sample
 
@@ -48,10 +48,12 @@ class MatchGraph:
 def global_affine(fm: FineMatches, inlier: np.ndarray | None = None) -> Affine:
     """Least-squares affine over ``inlier`` (the matcher's consistent set) or a robust fit of all matches."""
     if inlier is not None and int(np.sum(inlier)) >= 3:
-        return fit_model("affine", fm.ref_xy[inlier], fm.mov_xy[inlier])
+        return Affine.fit(fm.ref_xy[inlier], fm.mov_xy[inlier])
     from ..geometry.robust import magsac
 
-    return magsac(fm.ref_xy, fm.mov_xy, "affine", max_threshold=2.5, prior=np.clip(fm.score, 0.05, 1)).model
+    model = magsac(fm.ref_xy, fm.mov_xy, "affine", max_threshold=2.5, prior=np.clip(fm.score, 0.05, 1)).model
+    assert isinstance(model, Affine)  # magsac fits the kind it is asked for
+    return model
 
 
 def _patch_grid(centres: torch.Tensor, size: int, step: float, lin: torch.Tensor | None) -> torch.Tensor:

@@ -115,7 +115,8 @@ def generate(cache: str, out: str, graphs: int, seed: int = 0, minutes: float = 
     pc = PairCache(cache, "train")
     usable = [k for k, (a, _b) in enumerate(pc.pairs) if min(pc.images[int(a)].shape[-2:]) >= 200]
     descriptor = CFOG()
-    samples, srcs = [], []
+    samples: list[dict] = []
+    srcs: list[str] = []
     t0 = time.perf_counter()
     tried = 0
     while len(samples) < graphs and time.perf_counter() - t0 < 60 * minutes:
@@ -159,7 +160,7 @@ def generate(cache: str, out: str, graphs: int, seed: int = 0, minutes: float = 
 def load_samples(path: str) -> tuple[list[tuple[torch.Tensor, ...]], dict]:
     z = np.load(path, allow_pickle=False)
     on, oe = z["node_offsets"], z["edge_offsets"]
-    graphs = []
+    graphs: list[tuple[torch.Tensor, ...]] = []
     for g in range(len(on) - 1):
         a, b, c, d = int(on[g]), int(on[g + 1]), int(oe[g]), int(oe[g + 1])
         graphs.append((torch.from_numpy(z["x"][a:b]), torch.from_numpy(z["edge_index"][:, c:d].astype(np.int64)),

@@ -15,7 +15,7 @@ GRAPH_MODEL = "graph"
 FORMAT = "hsscl-graph-1"
 
 
-def save_graph_weights(model, path: str | Path, metadata: dict[str, str] | None = None) -> str:
+def save_graph_weights(model, path: str | Path, metadata: dict[str, Any] | None = None) -> str:
     """Write ``model``'s tensors and config to ``path`` (safetensors); return the file's sha256."""
     from safetensors.torch import save_file
 

@@ -14,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 from osgeo import gdal, ogr, osr
 
 from ..errors import GeoreferencingError, InputError, NoOverlapError
@@ -22,7 +23,10 @@ gdal.UseExceptions()
 ogr.UseExceptions()
 osr.UseExceptions()
 
-IDENTITY_GT: tuple[float, ...] = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+GeoTransform = tuple[float, float, float, float, float, float]
+"""A GDAL geotransform ``(x0, dx/dcol, dx/drow, y0, dy/dcol, dy/drow)``."""
+
+IDENTITY_GT: GeoTransform = (0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 _COMPLEX = {gdal.GDT_CInt16, gdal.GDT_CInt32, gdal.GDT_CFloat32, gdal.GDT_CFloat64}
 
 
@@ -56,7 +60,7 @@ class RasterGrid:
 
     width: int
     height: int
-    transform: tuple[float, float, float, float, float, float] = IDENTITY_GT  # type: ignore[assignment]
+    transform: GeoTransform = IDENTITY_GT
     crs_wkt: str | None = None
 
     def __post_init__(self) -> None:
@@ -84,14 +88,14 @@ class RasterGrid:
         gt = self.transform
         return (math.hypot(gt[1], gt[4]), math.hypot(gt[2], gt[5]))
 
-    def pixel_to_map(self, xy: np.ndarray) -> np.ndarray:
+    def pixel_to_map(self, xy: ArrayLike) -> np.ndarray:
         """Map coordinates of pixel positions ``xy`` (N, 2)."""
         p = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         gt = self.transform
         return np.stack([gt[0] + p[:, 0] * gt[1] + p[:, 1] * gt[2],
                          gt[3] + p[:, 0] * gt[4] + p[:, 1] * gt[5]], axis=1)
 
-    def map_to_pixel(self, xy: np.ndarray) -> np.ndarray:
+    def map_to_pixel(self, xy: ArrayLike) -> np.ndarray:
         """Pixel positions of map coordinates ``xy`` (N, 2)."""
         p = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
         inv = np.linalg.inv(_gt_matrix(self.transform))

@@ -96,7 +96,7 @@ def coarse_search(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
             monitor.report((i + n) / len(cands), "coarse search")
     results.sort(key=lambda t: -t[0])
     chosen: list[CoarseCandidate] = []
-    for peak, dist, r, s, (ox, oy) in results:
+    for score, dist, r, s, (ox, oy) in results:
         tx, ty = (ox - m) * fx, (oy - m) * fy  # shift in reference pixels
         base = Affine.from_similarity(s, r, 0.0, 0.0, tuple(center))
         model = base.compose(Affine.from_array(np.array([[1, 0, tx], [0, 1, ty]], dtype=float)))
@@ -104,7 +104,7 @@ def coarse_search(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
         probe = np.array([[W * 0.25, H * 0.25], [W * 0.75, H * 0.75], [W * 0.25, H * 0.75]])
         if any(np.abs(c.model(probe) - model(probe)).max() < 3 * max(fx, fy) for c in chosen):
             continue
-        chosen.append(CoarseCandidate(model, peak, dist, r, s, (tx, ty)))
+        chosen.append(CoarseCandidate(model, score, dist, r, s, (tx, ty)))
         if len(chosen) >= n_candidates:
             break
     return CoarseResult(tuple(chosen), factor, time.perf_counter() - t0)

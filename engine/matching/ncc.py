@@ -94,7 +94,7 @@ def masked_zncc(template: torch.Tensor, tmask: torch.Tensor, search: torch.Tenso
     fsa = rf(torch.cat([sm, s.sum(1, keepdim=True), (s * s).sum(1, keepdim=True)], 1), s=size)
     oy, ox = H - h + 1, W - w + 1
 
-    def corr(fa: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+    def corr(fa: torch.Tensor, fb: torch.Tensor | float) -> torch.Tensor:
         return torch.fft.irfft2(fa * fb, s=size)[..., :oy, :ox]
 
     sab = corr((ft * fs).sum(1), 1.0)

@@ -33,7 +33,8 @@ class PreFilterConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> PreFilterConfig:
         names = {f.name for f in fields(cls)}
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in (d or {}).items() if k in names})
+        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in (d or {}).items() if k in names}
+        return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
@@ -49,6 +50,7 @@ class PreFilter(nn.Module):
         self.body = nn.ModuleList(nn.Conv2d(c, c, 3, padding=d, dilation=d, padding_mode="replicate") for d in rest)
         self.out = nn.Conv2d(c, 1, 1)
         nn.init.zeros_(self.out.weight)
+        assert self.out.bias is not None  # Conv2d(..., bias=True)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

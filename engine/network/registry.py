@@ -48,7 +48,7 @@ def registry_entry(name: str = DEFAULT_MODEL, path: str | Path = REGISTRY) -> di
     return models[name]
 
 
-def save_weights(model: HSSCLNet, path: str | Path, metadata: dict[str, str] | None = None) -> str:
+def save_weights(model: HSSCLNet, path: str | Path, metadata: dict[str, Any] | None = None) -> str:
     """Write ``model``'s state (float32) and its NetConfig to a safetensors file; return its sha256."""
     from safetensors.torch import save_file
 

@@ -64,7 +64,8 @@ class TrainConfig:
         unknown = set(d) - names - {"comment"}
         if unknown:
             raise ValueError(f"unknown training option(s): {', '.join(sorted(unknown))}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names})
+        kw: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in names}
+        return cls(**kw)
 
     @classmethod
     def load(cls, path: str | Path, **overrides: Any) -> TrainConfig:

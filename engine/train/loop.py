@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -69,12 +69,15 @@ def step_losses(model: HSSCLNet, batch, cfg: TrainConfig, gen: torch.Generator, 
         total = total + cfg.coral_weight * coral_total
         terms["coral"] = float(coral_total.detach())
     if cfg.tm_weight > 0 or cfg.tm_hybrid_weight > 0:
-        size = tuple(a.shape[-2:])
-        tm = dict(template=cfg.tm_template, radius=cfg.tm_radius, n=cfg.tm_n, scale=cfg.tm_scale,
-                  label_sigma=cfg.tm_label_sigma)
+        size = (int(a.shape[-2]), int(a.shape[-1]))
+
+        def tm_loss(da: torch.Tensor, db: torch.Tensor) -> tuple[torch.Tensor, dict]:
+            return template_loss(da, batch.va, db, batch.vb, batch.H, gen, template=cfg.tm_template,
+                                 radius=cfg.tm_radius, n=cfg.tm_n, scale=cfg.tm_scale,
+                                 label_sigma=cfg.tm_label_sigma)
+
         if cfg.tm_weight > 0:
-            loss, st = template_loss(model.dense(fa, size), batch.va, model.dense(fb, size), batch.vb, batch.H,
-                                     gen, **tm)
+            loss, st = tm_loss(model.dense(fa, size), model.dense(fb, size))
             total = total + cfg.tm_weight * loss
             terms["tm_net"], terms["tm_acc_net"] = float(loss.detach()), st["acc"]
         if cfg.tm_hybrid_weight > 0:
@@ -82,7 +85,7 @@ def step_losses(model: HSSCLNet, batch, cfg: TrainConfig, gen: torch.Generator, 
             fine_only = (1.0, 0.0, 0.0)
             ha = torch.cat([cfog(a, batch.va), cfg.hybrid_weight * model.dense(fa, size, fine_only)], 1)
             hb = torch.cat([cfog(b, batch.vb), cfg.hybrid_weight * model.dense(fb, size, fine_only)], 1)
-            loss, st = template_loss(ha, batch.va, hb, batch.vb, batch.H, gen, **tm)
+            loss, st = tm_loss(ha, hb)
             total = total + cfg.tm_hybrid_weight * loss
             terms["tm_hyb"], terms["tm_acc_hyb"] = float(loss.detach()), st["acc"]
     terms["loss"] = float(total.detach())
@@ -144,7 +147,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         step=lambda batch, progress: step_losses(model, batch, cfg, setup.gen, device,
                                                  mining=progress >= cfg.mining_start),
         validate=validate,
-        save=lambda m, path, meta: save_weights(m, path, meta),
+        save=lambda m, path, meta: save_weights(cast(HSSCLNet, m), path, meta),  # run() passes our model
         describe_step=_describe_step, describe_val=describe_val)
     try:
         return run(setup, model, hooks, "hsscl", cfog_val, resume, log, emit, {})

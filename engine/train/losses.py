@@ -10,6 +10,8 @@ Shapes: descriptor maps (B, C, h, w), L2-normalised; H (B, 2, 3); masks (B, 1, S
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -21,7 +23,7 @@ def level_centres(h: int, w: int, stride: int, device) -> torch.Tensor:
     return torch.stack([(xs.reshape(-1) + 0.5) * stride, (ys.reshape(-1) + 0.5) * stride], -1)
 
 
-def sample_at(x: torch.Tensor, xy: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def sample_at(x: torch.Tensor, xy: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """Bilinear samples of ``x`` (B, C, h, w) covering an image of ``size`` (S_h, S_w) px at ``xy`` (B, N, 2)
     -> (B, N, C)."""
     g = torch.stack([2 * xy[..., 0] / size[1] - 1, 2 * xy[..., 1] / size[0] - 1], -1)[:, :, None]

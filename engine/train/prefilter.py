@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -79,7 +79,7 @@ def train_prefilter(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     hooks = Hooks(
         step=lambda batch, progress: prefilter_step(model, batch, cfg, setup.gen, device),
         validate=validate,
-        save=lambda m, path, meta: save_prefilter(m, path, meta),
+        save=lambda m, path, meta: save_prefilter(cast(PreFilter, m), path, meta),  # run() passes our model
         describe_step=lambda t: f"loss {t['loss']:.3f} | template peak within 1 px {t['tm_acc']:.2f}",
         describe_val=lambda v: (f"pck1 {v['pck1']:.3f} pck2 {v['pck2']:.3f} median {v['median_px']:.2f} px "
                                 f"(CFOG pck1 {cfog_val['pck1']:.3f})"))

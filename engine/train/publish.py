@@ -9,6 +9,7 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 from ..network.registry import MODELS_DIR, load_weights, sha256
 
@@ -34,7 +35,7 @@ def publish(run_dir: str | Path, models_dir: str | Path = MODELS_DIR, best: bool
     dst = models / f"{name}-{version}.safetensors"
     shutil.copyfile(src, dst)
     reg_path = models / "registry.json"
-    reg = json.loads(reg_path.read_text()) if reg_path.is_file() else {"format": 1, "models": {}}
+    reg: dict[str, Any] = json.loads(reg_path.read_text()) if reg_path.is_file() else {"format": 1, "models": {}}
     entry = {
         "name": name, "version": version, "file": dst.name, "sha256": sha256(dst),
         "bytes": dst.stat().st_size, "parameters": summary["parameters"],

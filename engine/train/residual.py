@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -60,7 +61,7 @@ def mine_pair_shifts(cache, settings: ResidualSettings = ResidualSettings()) -> 
         ia, ib = (int(v) for v in cache.pairs[k])
         a, b = cache.images[ia][0:1][None], cache.images[ib][0:1][None]
         va, vb = cache.valid[ia][None] > 0, cache.valid[ib][None] > 0
-        rec = {"key": str(cache.keys[k]), "kind": str(cache.kinds[k])}
+        rec: dict[str, Any] = {"key": str(cache.keys[k]), "kind": str(cache.kinds[k])}
         if a.shape != b.shape or min(a.shape[-2:]) <= 4 * settings.radius:
             rec["why"] = "shapes differ or too small"
             recs.append(rec)

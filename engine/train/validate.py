@@ -24,7 +24,7 @@ def fixed_shift_batches(cache: PairCache, n_batches: int, batch: int, size: int,
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(n_batches):
-        items = {"a": [], "va": [], "b": [], "vb": [], "t": [], "mod_a": [], "mod_b": []}
+        items: dict[str, list[torch.Tensor]] = {"a": [], "va": [], "b": [], "vb": [], "t": [], "mod_a": [], "mod_b": []}
         idx = torch.randint(len(cache), (batch,), generator=g).tolist()
         for k in idx:
             ia, ib = (int(v) for v in cache.pairs[k])
