@@ -3,7 +3,7 @@ them in the background with :class:`QgsProcessingAlgRunnerTask`. It never comput
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from qgis.core import (
     Qgis,
@@ -29,6 +29,9 @@ from .hints import hint_text
 from .layers import add_raster, add_results
 from .settings import PluginSettings
 
+if TYPE_CHECKING:
+    from .maptool import MatchExtentTool
+
 UI_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "ui", "dock.ui")
 FORM_CLASS, _ = uic.loadUiType(UI_FILE)
 TITLE = "HSSCL Co-register"
@@ -46,7 +49,7 @@ class RecordingFeedback(QgsProcessingFeedback):
         super().reportError(error, fatalError)
 
 
-class HSSCLDock(QgsDockWidget, FORM_CLASS):
+class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  # uic.loadUiType: no stubs
     """Dock widget. ``finished(ok, results)`` is emitted when a background run ends (for tests/scripts)."""
 
     finished = pyqtSignal(bool, dict)
@@ -61,7 +64,7 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):
         self.feedback: RecordingFeedback | None = None
         self._run_info: dict[str, Any] = {}
         self.extent: tuple[QgsRectangle, QgsCoordinateReferenceSystem] | None = None
-        self.extent_tool = None
+        self.extent_tool: MatchExtentTool | None = None
         self.last_results: dict = {}
         self.last_layers: dict = {}
 

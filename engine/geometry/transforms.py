@@ -281,12 +281,12 @@ def fit_model(kind: str, src: np.ndarray, dst: np.ndarray, weights: np.ndarray |
 def transform_from_dict(d: dict[str, Any]) -> Transform:
     kind = d["kind"]
     if kind == "shift":
-        return Shift(tuple(d["t"]))  # type: ignore[arg-type]
+        return Shift(tuple(d["t"]))
     if kind == "affine":
         return Affine.from_array(np.asarray(d["matrix"]))
     if kind in ("poly2", "poly3"):
         return Polynomial(int(d["order"]), tuple(tuple(c) for c in d["coef"]),  # type: ignore[arg-type]
-                          tuple(d["center"]), float(d["scale"]))  # type: ignore[arg-type]
+                          tuple(d["center"]), float(d["scale"]))
     if kind == "tps":
         return ThinPlateSpline(tuple(tuple(c) for c in d["controls"]), tuple(tuple(c) for c in d["weights"]),
                                tuple(tuple(r) for r in d["affine"]), float(d["scale"]),  # type: ignore[arg-type]

@@ -130,7 +130,7 @@ class RasterGrid:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RasterGrid:
-        return cls(int(d["width"]), int(d["height"]), tuple(d["transform"]), d.get("crs_wkt"))  # type: ignore[arg-type]
+        return cls(int(d["width"]), int(d["height"]), tuple(d["transform"]), d.get("crs_wkt"))
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def _grid_of(ds: gdal.Dataset) -> RasterGrid:
     gt = ds.GetGeoTransform(can_return_null=True)
     if wkt is None or gt is None:
         return RasterGrid(ds.RasterXSize, ds.RasterYSize, IDENTITY_GT, None)
-    return RasterGrid(ds.RasterXSize, ds.RasterYSize, tuple(gt), wkt)  # type: ignore[arg-type]
+    return RasterGrid(ds.RasterXSize, ds.RasterYSize, tuple(gt), wkt)
 
 
 def open_raster_info(path: str | os.PathLike) -> RasterInfo:

@@ -308,7 +308,7 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
         except CancelledError as err:
             raise QgsProcessingException(self.tr("Cancelled: no output was written.")) from err
         except HSSCLError as err:
-            if feedback is not None and getattr(err, "details", ""):
+            if feedback is not None and err.details:
                 feedback.pushDebugInfo(err.details)
             raise QgsProcessingException(str(err)) from err
         except MemoryError as err:
