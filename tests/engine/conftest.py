@@ -64,3 +64,23 @@ def mini_cache(tmp_path_factory, shared_data):
     out = tmp_path_factory.mktemp("cache") / "mini.npz"
     cb.save(out)
     return out
+
+
+@pytest.fixture(scope="session")
+def b_on_a() -> Callable:
+    """For a sampled training batch: crop ``b`` resampled onto crop ``a``'s pixel grid through the batch's
+    known warp (pixel q of a reads b at H q), written out here independently of the engine's own
+    ``warp_to_a``, and where that is valid (inside b's valid pixels and a's). Returns ``(bw, ok)``."""
+    import torch
+    import torch.nn.functional as F
+
+    def resample(b):
+        s = b.a.shape[-1]
+        ys, xs = torch.meshgrid(torch.arange(s) + 0.5, torch.arange(s) + 0.5, indexing="ij")
+        q = torch.stack([xs, ys, torch.ones_like(xs)], -1)
+        p = torch.einsum("bij,hwj->bhwi", b.H, q)
+        grid = torch.stack([2 * p[..., 0] / s - 1, 2 * p[..., 1] / s - 1], -1)
+        bw = F.grid_sample(b.b, grid, align_corners=False)
+        ok = (F.grid_sample(b.vb.float(), grid, align_corners=False) > 0.99) & b.va
+        return bw, ok
+    return resample

@@ -169,11 +169,9 @@ def test_residual_mining_verifies_band_pairs_and_keeps_only_verified_cross_senso
     assert len(c) == sum(r["verified"] or r["kind"] == "band-band" for r in recs)
 
 
-def test_sampled_crops_follow_the_residual_offset(mini_cache):
+def test_sampled_crops_follow_the_residual_offset(mini_cache, b_on_a):
     """A pair (image, image rolled by s) with its residual s: b resampled at the known H q equals a at q
     (the sign convention of the offset through sample(), both orders of the pair)."""
-    import torch.nn.functional as F
-
     from hsscl.engine.train.data import PairCache
 
     c = PairCache(mini_cache, "all")
@@ -189,12 +187,7 @@ def test_sampled_crops_follow_the_residual_offset(mini_cache):
     c.shift = np.array([[2.0, -1.0]])
     c.weights = torch.ones(1, dtype=torch.float64)
     b = c.sample(6, 64, torch.Generator().manual_seed(1), p_denoised=1.0, p_band_mix=0.0)
-    ys, xs = torch.meshgrid(torch.arange(64) + 0.5, torch.arange(64) + 0.5, indexing="ij")
-    q = torch.stack([xs, ys, torch.ones_like(xs)], -1)
-    p = torch.einsum("bij,hwj->bhwi", b.H, q)
-    grid = torch.stack([2 * p[..., 0] / 64 - 1, 2 * p[..., 1] / 64 - 1], -1)
-    bw = F.grid_sample(b.b, grid, align_corners=False)
-    ok = (F.grid_sample(b.vb.float(), grid, align_corners=False) > 0.99) & b.va
+    bw, ok = b_on_a(b)
     ok[..., :4, :] = False  # the rolled image wraps around at its border
     ok[..., -4:, :] = False
     ok[..., :, :4] = False
