@@ -12,12 +12,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import tempfile
 
 import torch
 
 from hsscl.engine.network.registry import load_weights
 from hsscl.engine.train.config import TrainConfig
-from hsscl.engine.train.loop import step_losses
+from hsscl.engine.train.loop import step_losses, warped_val_batches
 from hsscl.engine.train.runner import Setup
 
 
@@ -30,9 +31,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = TrainConfig.load(args.config)
     cfg = dataclasses.replace(cfg, device="cpu", coral_weight=max(cfg.coral_weight, 1.0))
-    setup = Setup.create(cfg, "/tmp/hsscl_coral_gap")
-    vwarp = [setup.val_set.sample(16, cfg.crop, torch.Generator().manual_seed(99 + i), setup.warp, 1.0, 0.0)
-             for i in range(cfg.val_batches)]
+    with tempfile.TemporaryDirectory() as tmp:
+        setup = Setup.create(cfg, tmp)
+    vwarp = warped_val_batches(setup)
     for w in args.weights:
         model = load_weights(w, device=setup.device).eval()
         with torch.no_grad():

@@ -101,6 +101,12 @@ def _describe_step(terms: dict[str, float]) -> str:
             + (f" | tm hybrid {terms['tm_hyb']:.3f} ({terms['tm_acc_hyb']:.2f})" if "tm_hyb" in terms else ""))
 
 
+def warped_val_batches(setup: Setup) -> list:
+    """The fixed warped crops of the validation locations that the validation loss terms are computed on."""
+    return [setup.val_set.sample(16, setup.cfg.crop, torch.Generator().manual_seed(99 + i), setup.warp, 1.0, 0.0)
+            for i in range(setup.cfg.val_batches)]
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
           log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train the network as ``cfg`` says; write the outputs listed in the module doc; return the summary."""
@@ -117,8 +123,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     log(f"device {device}; {model.n_parameters():,} parameters; {len(setup.train_set)} train / {len(val_set)} "
         f"held-out pairs; sources {sorted(set(setup.train_set.sources))}")
     vb = fixed_shift_batches(val_set, cfg.val_batches, 16, cfg.crop)
-    vwarp = [val_set.sample(16, cfg.crop, torch.Generator().manual_seed(99 + i), setup.warp, 1.0, 0.0)
-             for i in range(cfg.val_batches)]
+    vwarp = warped_val_batches(setup)
     cfog_val = shift_pck(CFOG(), vb, device=device)
     emit({"event": "baseline", "cfog": cfog_val})
     log(f"held-out shift PCK, CFOG baseline: pck1 {cfog_val['pck1']:.3f} pck2 {cfog_val['pck2']:.3f} "
