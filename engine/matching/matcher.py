@@ -59,9 +59,21 @@ def _spacing(height: int, width: int, template: int, max_points: int, min_spacin
     return max(min_spacing, math.sqrt(area / max_points))
 
 
+def stage_descriptors(descriptor) -> tuple:
+    """(coarse search, verification, refinement) descriptors: one with a ``stages`` mapping names one per
+    stage (:class:`~..descriptors.staged.StagedDescriptor`: the network's levels coarse to fine); any other
+    descriptor serves all three."""
+    stages = getattr(descriptor, "stages", None)
+    if not stages:
+        return descriptor, descriptor, descriptor
+    return stages["coarse"], stages["verify"], stages["refine"]
+
+
 def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mov_valid: torch.Tensor,
                descriptor, settings: MatchSettings, monitor=None) -> MatchResult:
-    """Match ``mov`` to ``ref``. Shapes: (1, 1, H, W) float images and bool masks (may differ in size)."""
+    """Match ``mov`` to ``ref``. Shapes: (1, 1, H, W) float images and bool masks (may differ in size).
+    ``descriptor`` may name one descriptor per stage (:func:`stage_descriptors`)."""
+    d_coarse, d_verify, d_refine = stage_descriptors(descriptor)
     H, W = ref.shape[-2:]
     diag: dict = {}
     t0 = time.perf_counter()
@@ -73,7 +85,7 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
                          f"Both must be at least {settings.min_template} px on each side.")
     ctx = monitor.stage(0.0, 0.3, "coarse search") if monitor else _null()
     with ctx as mon:
-        coarse = coarse_search(ref, ref_valid, mov, mov_valid, descriptor, settings.max_shift_px,
+        coarse = coarse_search(ref, ref_valid, mov, mov_valid, d_coarse, settings.max_shift_px,
                                settings.max_rotation_deg, settings.max_scale, settings.coarse_size,
                                n_candidates=3, monitor=mon)
     diag["coarse"] = [dict(rotation_deg=round(c.rotation_deg, 2), scale=round(c.scale, 4),
@@ -88,7 +100,7 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
     h1, w1 = ref1.shape[-2:]
     sx, sy = W / w1, H / h1
     scale1 = np.array([sx, sy])
-    ref_desc1 = descriptor(ref1, rv1)
+    ref_desc1 = d_verify(ref1, rv1)
     tpl1 = max(settings.min_template, int(round(tpl / lv / 8) * 8))
     radius1 = int(np.clip(math.ceil((2.5 * coarse.factor + 6) / lv), 6, 20))
     sp1 = _spacing(h1, w1, tpl1, settings.max_points_pass1, tpl1 / 3)
@@ -99,7 +111,7 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
     with ctx as mon:
         for k, cand in enumerate(coarse.candidates):
             model1 = _scaled(cand.model, scale1, mscale)
-            fm = fine_match(ref_desc1, rv1, mov1, mv1, model1, centres1, tpl1, radius1, descriptor)
+            fm = fine_match(ref_desc1, rv1, mov1, mv1, model1, centres1, tpl1, radius1, d_verify)
             fm = FineMatches(fm.ref_xy * scale1, fm.mov_xy * mscale, fm.score, fm.distinct, fm.n_windows)
             try:
                 fit = magsac(fm.ref_xy, fm.mov_xy, "affine", max_threshold=3.0, prior=np.clip(fm.score, 0.05, 1),
@@ -132,7 +144,7 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
     for sx_, sy_ in ((1, -1), (-1, 1)):
         decoy = base.compose(Affine.from_array(np.array([[1, 0, sx_ * off], [0, 1, sy_ * off]], float)))
         fmd = fine_match(ref_desc1, rv1, mov1, mv1, _scaled(decoy, scale1, mscale), centres1, tpl1, radius1,
-                         descriptor)
+                         d_verify)
         fmd = FineMatches(fmd.ref_xy * scale1, fmd.mov_xy * mscale, fmd.score, fmd.distinct, fmd.n_windows)
         try:
             fitd = magsac(fmd.ref_xy, fmd.mov_xy, "affine", max_threshold=3.0, prior=np.clip(fmd.score, 0.05, 1),
@@ -150,13 +162,13 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
     diag["pass1"] = dict(candidate=kbest, level=lv, template=tpl1, radius=radius1, points=len(fm1), inliers=int(n1),
                          inlier_ratio=round(float(r1), 3), affine_rmse=round(fit1.rmse, 3))
     t2 = time.perf_counter()
-    ref_desc = descriptor(ref, ref_valid)
+    ref_desc = d_refine(ref, ref_valid)
     tpl2 = min(tpl, 64)  # refinement under a good model: smaller windows, more local, cheaper
     sp2 = _spacing(H, W, tpl2, settings.max_points_pass2, max(8.0, tpl2 / 3))
     centres2 = grid_centres(W, H, tpl2, sp2)
     ctx = monitor.stage(0.7, 1.0, "sub-pixel refinement") if monitor else _null()
     with ctx as mon:
-        fm2 = fine_match(ref_desc, ref_valid, mov, mov_valid, fit1.model, centres2, tpl2, 6, descriptor,
+        fm2 = fine_match(ref_desc, ref_valid, mov, mov_valid, fit1.model, centres2, tpl2, 6, d_refine,
                          monitor=mon)
     fit2 = magsac(fm2.ref_xy, fm2.mov_xy, "affine", max_threshold=2.5, prior=np.clip(fm2.score, 0.05, 1),
                   seed=settings.seed)

@@ -141,3 +141,47 @@ def test_coarse_search_finds_known_rotation_and_shift_on_a_real_sar_optical_pair
     radius1 = int(np.clip(math.ceil(2.5 * res.factor) + 6, 8, 20))
     assert err < radius1, f"coarse error {err:.2f} px > fine radius {radius1}"
     assert abs(best.rotation_deg - (-3.0)) <= 1.0 + 1e-9
+
+
+# ------------------------------------------------------------------------------ one descriptor per stage
+
+class _Recording:
+    """CFOG that records the sizes of the images it describes."""
+
+    def __init__(self) -> None:
+        self.inner = get_descriptor("cfog")
+        self.name, self.channels, self.sizes = "cfog", self.inner.channels, []
+
+    def __call__(self, images, valid=None):
+        self.sizes.append(tuple(images.shape[-2:]))
+        return self.inner(images, valid)
+
+
+def test_staged_descriptor_gives_each_matching_stage_its_own_descriptor(data_file):
+    """hsscl-staged's routing: the coarse descriptor runs the global search on reduced images, the verifying
+    one pass 1 at half resolution (and its decoys), the refining one pass 2 at full resolution; with CFOG at
+    every stage the result equals plain CFOG's on a real S1/S2 pair."""
+    from hsscl.engine.descriptors.staged import StagedDescriptor
+    from hsscl.engine.matching.matcher import MatchSettings, match_pair
+
+    ref_path, s1_path = data_file(S2_PATCH), data_file(S1_PATCH)
+    h, w = open_raster_info(ref_path).grid.height, open_raster_info(ref_path).grid.width
+    S = Affine.from_similarity(1.01, 2.0, 9.3, -6.6, center=(w / 2, h / 2))
+    mov = resample(read_gray(s1_path), S, (h, w))
+    ref_data, ref_valid = read_bands(ref_path)
+    R, RV = prepared(ref_data, ref_valid)
+    M, MV = prepared(np.nan_to_num(mov)[None], np.isfinite(mov), role="target")
+    settings = MatchSettings(max_shift_px=30.0)
+    c, v, r = _Recording(), _Recording(), _Recording()
+    staged = match_pair(R, RV, M, MV, StagedDescriptor(c, v, r), settings)
+    plain = match_pair(R, RV, M, MV, get_descriptor("cfog"), settings)
+    assert c.sizes and v.sizes and r.sizes
+    assert max(max(s) for s in c.sizes) <= 256 < w              # reduced for the global search
+    assert (h // 2, w // 2) in v.sizes and (h, w) not in v.sizes  # pass 1 (+ decoys) at half resolution
+    assert (h, w) in r.sizes and (h // 2, w // 2) not in r.sizes  # pass 2 at full resolution
+    np.testing.assert_allclose(staged.matches.ref_xy, plain.matches.ref_xy)
+    np.testing.assert_allclose(staged.matches.mov_xy, plain.matches.mov_xy)
+    inl = staged.inlier
+    fit = Affine.fit(staged.matches.ref_xy[inl], staged.matches.mov_xy[inl])
+    probe = staged.matches.ref_xy[inl]
+    assert np.median(np.linalg.norm(fit(probe) - S.inverse()(probe), axis=1)) < 1.0
