@@ -3,10 +3,12 @@
 # Both set up the project (.venv) and the peers' own venv (.bench/venv) first; both are idempotent.
 # `make bench-scale`: time / peak memory / accuracy on 1k, 4k and 10980 px real-data scenes (bench/scale.py,
 # about 10 min); `make bench` runs it after the cases and writes its "Scale" section of docs/benchmarks.md.
+# `make bench-speed`: issue 5's time limits (1024 px end to end on 2 cores, each descriptor; the recorded GPU
+# check beside it; bench/speed.py, about 3 min); `make bench` writes its "Speed" section last.
 BENCH_ARGS ?=
 SCALE_ARGS ?=
 
-.PHONY: bench bench-quick bench-setup bench-ablation bench-scale bench-heldout bench-network
+.PHONY: bench bench-quick bench-setup bench-ablation bench-scale bench-speed bench-heldout bench-network
 
 bench-setup:
 	bash scripts/setup.sh
@@ -15,6 +17,7 @@ bench-setup:
 bench: bench-setup
 	.venv/bin/python -m bench.run --out docs/benchmarks.md $(BENCH_ARGS)
 	.venv/bin/python -m bench.scale --out docs/benchmarks.md
+	.venv/bin/python -m bench.speed --out docs/benchmarks.md
 
 bench-quick: bench-setup
 	.venv/bin/python -m bench.run --quick --out .bench/benchmarks_quick.md --csv .bench/benchmarks_quick.csv \
@@ -24,9 +27,14 @@ bench-scale:
 	bash scripts/setup.sh
 	.venv/bin/python -m bench.scale --out docs/benchmarks.md $(SCALE_ARGS)
 
-# issue 5: the network descriptor and its ablation (each level alone, no denoising) beside the structural
-# descriptor, all without graph refinement; a table of its own (docs/benchmarks_ablation.md)
-ABLATION_TOOLS := none,hsscl_nograph,hsscl_lcfog,hsscl_hybrid,hsscl_net,hsscl_net_fine,hsscl_net_mid,hsscl_net_coarse,hsscl_net_nodenoise
+bench-speed:
+	bash scripts/setup.sh
+	.venv/bin/python -m bench.speed --out docs/benchmarks.md
+
+# issue 5: the network descriptor and its ablation (each level alone, the levels staged coarse to fine, no
+# denoising) beside the structural descriptor, all without graph refinement; a table of its own
+# (docs/benchmarks_ablation.md)
+ABLATION_TOOLS := none,hsscl_nograph,hsscl_lcfog,hsscl_hybrid,hsscl_net,hsscl_net_fine,hsscl_net_mid,hsscl_net_coarse,hsscl_net_staged,hsscl_net_nodenoise
 bench-ablation: bench-setup
 	.venv/bin/python -m bench.run --tools $(ABLATION_TOOLS) --out docs/benchmarks_ablation.md \
 		--csv docs/benchmarks_ablation.csv --plot docs/img/bench_cdf_ablation.png $(BENCH_ARGS)

@@ -302,10 +302,10 @@ def reading(rows: list[dict]) -> str:
                    "check positions and sizes (a mono-temporal pair: this checks that tiling loses no accuracy).")
     return " ".join(out)
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) the "## Scale" section of ``path``, leaving the other sections as they are."""
+def write_section(path: Path, text: str, title: str = "Scale") -> None:
+    """Replace (or append) the "## <title>" section of ``path``, leaving the other sections as they are."""
     old = path.read_text() if path.exists() else ""
-    pat = re.compile(r"^## Scale\n.*?(?=^## |\Z)", re.S | re.M)
+    pat = re.compile(r"^## " + re.escape(title) + r"\n.*?(?=^## |\Z)", re.S | re.M)
     new = pat.sub(lambda _: text.rstrip() + "\n\n", old) if pat.search(old) else old.rstrip() + "\n\n" + text
     path.write_text(new.rstrip() + "\n")
 
