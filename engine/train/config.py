@@ -40,6 +40,9 @@ class TrainConfig:
     ckpt_every: int = 250
     amp: bool = True                 # bf16 autocast on CUDA
     init_weights: str | None = None  # start from these weights (safetensors) instead of a random network
+    # level weights of the dense map the matcher uses (fine, mid, coarse), saved with the weights; None keeps
+    # the network's own (a zero drops a level from matching; it is still trained by its InfoNCE term)
+    dense_weights: tuple[float, float, float] | None = None
     nce_weight: float = 1.0          # the multi-level InfoNCE terms
     # template-matching loss (losses.template_loss): the engine's fine matching step, on the network's
     # dense map (tm_weight) and on the hybrid field CFOG + hybrid_weight x fine level (tm_hybrid_weight)

@@ -7,6 +7,7 @@ Outputs in ``out_dir``: ``train_log.jsonl`` (one JSON object per logged step and
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
@@ -119,6 +120,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
         log(f"starting from {cfg.init_weights}")
     else:
         model = HSSCLNet(NetConfig.from_dict(cfg.net)).to(device)
+    if cfg.dense_weights is not None:
+        model.config = dataclasses.replace(model.config, weights=tuple(float(w) for w in cfg.dense_weights))
+        log(f"dense map level weights (fine, mid, coarse): {model.config.weights}")
     emit, close = open_log(setup.out)
     log(f"device {device}; {model.n_parameters():,} parameters; {len(setup.train_set)} train / {len(val_set)} "
         f"held-out pairs; sources {sorted(set(setup.train_set.sources))}")

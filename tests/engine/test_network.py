@@ -264,6 +264,18 @@ def test_train_smoke_writes_weights_checkpoint_log_and_resumes(mini_cache, tmp_p
     assert s2["steps"] == 3
 
 
+def test_dense_weights_are_trained_with_and_saved_in_the_weights(mini_cache, tmp_path):
+    """`dense_weights` (1, 0, 0): the matcher's map of the trained network is its fine level alone, as saved."""
+    from hsscl.engine.train.loop import train
+
+    train(_cfg(mini_cache, steps=1, dense_weights=(1.0, 0.0, 0.0), tm_weight=0.5), tmp_path / "run",
+          log=lambda m: None)
+    model = load_weights(tmp_path / "run" / "hsscl.safetensors")
+    assert model.config.weights == (1.0, 0.0, 0.0)
+    x = torch.rand(1, 1, 48, 64)
+    assert torch.allclose(HSSCLDescriptor(model)(x), HSSCLDescriptor(model, levels=("fine",))(x), atol=1e-6)
+
+
 @pytest.mark.slow
 def test_training_is_deterministic_with_a_seed(mini_cache, tmp_path):
     from hsscl.engine.train.loop import train
@@ -369,3 +381,17 @@ def test_template_loss_trains_the_network_and_the_hybrid_field(mini_cache):
     loss.backward()
     g = net.fine.local.weight.grad
     assert g is not None and float(g.abs().sum()) > 0
+
+
+def test_staged_descriptor_is_the_networks_levels_coarse_to_fine():
+    """'hsscl-staged': the shipped network's coarse level for the search, mid to verify, fine to refine, one
+    model shared; called directly it is the fine level (graph features, adaptation)."""
+    from hsscl.engine.descriptors.staged import StagedDescriptor
+
+    d = get_descriptor("hsscl-staged")
+    assert isinstance(d, StagedDescriptor) and d.name == "hsscl-staged"
+    assert [d.stages[k].levels for k in ("coarse", "verify", "refine")] == [("coarse",), ("mid",), ("fine",)]
+    assert len({id(s.model) for s in d.stages.values()}) == 1
+    x = torch.rand(1, 1, 48, 64)
+    assert torch.equal(d(x), d.stages["refine"](x)) and d.channels == d.stages["refine"].channels
+    assert d.info["stages"] == {"coarse": "hsscl-coarse", "verify": "hsscl-mid", "refine": "hsscl-fine"}
