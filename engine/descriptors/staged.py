@@ -15,16 +15,12 @@ import torch
 
 from .hsscl import HSSCLDescriptor
 
-STAGES = ("coarse", "verify", "refine")
-
 
 class StagedDescriptor:
     name = "hsscl-staged"
 
-    def __init__(self, coarse, verify, refine, name: str | None = None) -> None:
+    def __init__(self, coarse, verify, refine) -> None:
         self.stages = {"coarse": coarse, "verify": verify, "refine": refine}
-        if name:
-            self.name = name
         self.device = getattr(refine, "device", torch.device("cpu"))
         self.info = dict(getattr(refine, "info", {}),
                          stages={k: getattr(d, "name", str(d)) for k, d in self.stages.items()})

@@ -121,7 +121,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = False,
     else:
         model = HSSCLNet(NetConfig.from_dict(cfg.net)).to(device)
     if cfg.dense_weights is not None:
-        model.config = dataclasses.replace(model.config, weights=tuple(float(w) for w in cfg.dense_weights))
+        if len(cfg.dense_weights) != 3:
+            raise ValueError(f"dense_weights takes three numbers (fine, mid, coarse), got {cfg.dense_weights!r}")
+        fine, mid, coarse = (float(w) for w in cfg.dense_weights)
+        model.config = dataclasses.replace(model.config, weights=(fine, mid, coarse))
         log(f"dense map level weights (fine, mid, coarse): {model.config.weights}")
     emit, close = open_log(setup.out)
     log(f"device {device}; {model.n_parameters():,} parameters; {len(setup.train_set)} train / {len(val_set)} "
