@@ -41,7 +41,7 @@ bench-ablation: bench-setup
 
 # the held-out set (bench/heldout.py): pairs no dev case uses, their own seed; cases in .bench/cases_heldout.
 # Check decisions tuned on the 50 dev cases here; a table of its own (docs/benchmarks_heldout.md)
-HELDOUT_TOOLS ?= none,sift,arosics_global,arosics_local,gefolki,lightglue,hsscl,hsscl_graph,hsscl_lcfog,hsscl_hybrid,hsscl_net
+HELDOUT_TOOLS ?= none,sift,arosics_global,arosics_local,gefolki,lightglue,hsscl,hsscl_cfog,hsscl_graph,hsscl_lcfog,hsscl_hybrid,hsscl_net
 bench-heldout: bench-setup
 	.venv/bin/python -m bench.run --set heldout --tools $(HELDOUT_TOOLS) --out docs/benchmarks_heldout.md \
 		--csv docs/benchmarks_heldout.csv --plot docs/img/bench_cdf_heldout.png $(BENCH_ARGS)

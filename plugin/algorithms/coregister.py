@@ -151,6 +151,11 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
         feedback.pushInfo(self.tr(
             f"RMSE {results[self.RMSE_PX]:.3f} px on {results[self.N_INLIERS]:.0f} inliers of "
             f"{results[self.N_TIEPOINTS]:.0f} tie points."))
+        second = report.get("second_opinion") or {}
+        if second.get("used"):
+            feedback.pushInfo(self.tr(
+                f"{second.get('first_descriptor')} found no reliable alignment; this result comes from "
+                f"{report.get('descriptor')} (second opinion)."))
         return results
 
 

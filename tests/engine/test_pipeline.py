@@ -141,6 +141,58 @@ def test_bigearthnet_sar_onto_optical_is_close_or_refused(shared_data, tmp_path)
     assert after < 3.0, f"BigEarthNet S1->S2 reported success with a true RMSE of {after:.2f} px"
 
 
+def _ben_sar_optical(shared_data, tmp_path, S: Affine):
+    s2 = glob.glob(str(shared_data / f"bigearthnet_example/BigEarthNet-S2-Example/*_{BEN_PATCH}/*_B04.tif"))
+    s1 = glob.glob(str(shared_data / f"bigearthnet_example/BigEarthNet-S1-Example/*_{BEN_PATCH}/*_VV.tif"))
+    if not (s1 and s2):
+        pytest.skip(f"BigEarthNet patch {BEN_PATCH} is not in this copy of the shared data")
+    tgt = str(tmp_path / "s1_vv_misregistered.tif")
+    return s2[0], tgt, misregister(s1[0], tgt, S)
+
+
+def test_second_opinion_registers_a_sar_optical_pair_that_cfog_refuses(shared_data, tmp_path):
+    """BigEarthNet S1 VV onto S2 B04 (120 x 120 px), misregistered by 0.5 deg, -1 %, (-12, -3) px: CFOG alone
+    finds no reliable alignment (measured: refused); the default asks CFOG on the learned pre-filter, which
+    registers it (measured: 0.73 px), and the report says which descriptor gave the result and why."""
+    ref, tgt, truth = _ben_sar_optical(shared_data, tmp_path, similarity(120, 120, 0.5, 0.99, (-12.0, -3.0)))
+    with pytest.raises(NotEnoughMatchesError):  # a descriptor the user names is used alone
+        pipeline.estimate(ref, tgt, CoregConfig(seed=0, descriptor="cfog"))
+    est = pipeline.estimate(ref, tgt, CoregConfig(seed=0))
+    second = est.report["second_opinion"]
+    assert second["used"] and second["first_descriptor"] == "cfog" and "alignment" in second["first_refusal"]
+    assert est.report["descriptor"] == "learned-cfog"
+    after = grid_rmse(est.correction.model, truth, 120, 120, step=4)
+    assert after < 1.5, f"second opinion on BigEarthNet S1->S2: true RMSE {after:.2f} px"
+
+
+def test_second_opinion_not_asked_when_cfog_succeeds(bigearthnet):
+    second = bigearthnet["res"].report["second_opinion"]
+    assert second == {"descriptor": "learned-cfog", "used": False}
+    assert bigearthnet["res"].report["descriptor"] == "cfog"
+
+
+def test_both_refusals_are_reported_when_the_second_opinion_refuses_too(shared_data, tmp_path):
+    ref, _, _ = _ben_sar_optical(shared_data, tmp_path, similarity(120, 120, 0.0, 1.0, (0.0, 0.0)))
+    noise = str(tmp_path / "noise.tif")
+    ds = gdal.Open(ref)
+    o = gdal.GetDriverByName("GTiff").Create(noise, 120, 120, 1, gdal.GDT_Float32)
+    o.SetGeoTransform(ds.GetGeoTransform())
+    o.SetProjection(ds.GetProjection())
+    o.GetRasterBand(1).WriteArray(np.random.default_rng(0).normal(1000, 300, (120, 120)).astype(np.float32))
+    o = ds = None
+    with pytest.raises(NotEnoughMatchesError) as exc:
+        pipeline.estimate(ref, noise, CoregConfig(seed=0))
+    assert "A second opinion (learned-cfog) found no reliable alignment either" in exc.value.details
+
+
+def test_second_opinion_policy():
+    from hsscl.engine.descriptors.base import second_opinion
+
+    assert second_opinion("auto", None) == "learned-cfog"
+    assert second_opinion("auto", "/some/other.safetensors") is None  # other weights: that model alone
+    assert all(second_opinion(name, None) is None for name in ("cfog", "learned-cfog", "hsscl", "hybrid"))
+
+
 @pytest.mark.slow
 def test_cli_coregister_corrects_cfog_stest3_against_its_tie_points(data_file, tmp_path):
     ref, sen, pts = data_file(STEST.format("ref.tif")), data_file(STEST.format("sen.tif")), \
