@@ -107,12 +107,14 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
     centres1 = grid_centres(w1, h1, tpl1, sp1)
     mscale = np.array([mov.shape[-1] / mov1.shape[-1], mov.shape[-2] / mov1.shape[-2]])
     best = None
+    most_windows = 0
     ctx = monitor.stage(0.3, 0.7, "verifying candidates") if monitor else _null()
     with ctx as mon:
         for k, cand in enumerate(coarse.candidates):
             model1 = _scaled(cand.model, scale1, mscale)
             fm = fine_match(ref_desc1, rv1, mov1, mv1, model1, centres1, tpl1, radius1, d_verify)
             fm = FineMatches(fm.ref_xy * scale1, fm.mov_xy * mscale, fm.score, fm.distinct, fm.n_windows)
+            most_windows = max(most_windows, fm.n_windows)
             try:
                 fit = magsac(fm.ref_xy, fm.mov_xy, "affine", max_threshold=3.0, prior=np.clip(fm.score, 0.05, 1),
                              seed=settings.seed)
@@ -126,9 +128,20 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
                 mon.report((k + 1) / len(coarse.candidates), "verifying candidates")
             if fit.n_inliers >= 12 and ratio >= 0.4:
                 break  # convincing: no need to look at the runners-up
+    if most_windows < settings.min_inliers and min(H, W) < 3 * (tpl1 + 2 * radius1) * lv:
+        # too few windows fit to ever give the evidence needed (else: say what the evidence was)
+        from ..errors import InputError
+
+        need = int(math.ceil(2 * (tpl1 + 2 * radius1) * lv))
+        raise InputError(
+            f"The images are too small to match ({W}x{H} px): {most_windows} matching window(s) (template "
+            f"{tpl1 * lv:.0f} px searched ±{radius1 * lv:.0f} px) fit inside the overlap of the two images, "
+            f"and at least {settings.min_inliers} must agree.",
+            f"Both images need at least about {need} px of common ground on each side; match a larger extent "
+            "or larger images.")
     if best is None or best[0][0] < settings.min_inliers or best[0][1] < settings.min_inlier_ratio:
         n_in = 0 if best is None else best[0][0]
-        n_all = 0 if best is None else best[2].n_windows
+        n_all = most_windows if best is None else best[2].n_windows
         raise NotEnoughMatchesError(
             f"No consistent alignment found: {n_in} of {n_all} matching windows agree.",
             "The images may not show the same ground, the misregistration may exceed the search range "

@@ -107,6 +107,18 @@ def test_image_smaller_than_the_matching_window(ben, tmp_path, capsys):
     assert "too small" in line
 
 
+def test_images_too_small_for_enough_windows_say_so(ben, tmp_path, capsys):
+    """64 x 64 px real S2 crops (B08 onto B04, 3 px apart, so 61 x 64 px overlap): only a few matching windows fit, fewer than the
+    evidence needs; the message says the images are too small and how large they must be, not "0 of 0
+    windows agree"."""
+    a, b = str(tmp_path / "b04.tif"), str(tmp_path / "b08.tif")
+    gdal.Translate(a, ben["b04"], srcWin=[30, 30, 64, 64])
+    gdal.Translate(b, ben["b08"], srcWin=[33, 30, 64, 64])
+    out = tmp_path / "out"
+    line = fail(capsys, coreg(a, b, out), out)
+    assert "too small to match (61x64 px)" in line and "at least about 100 px" in line, line  # the overlap
+
+
 def test_not_enough_matches_pure_noise_vs_real_image(ben, tmp_path, capsys):
     noise = like(ben["b04"], tmp_path / "noise.tif",
                  np.random.default_rng(0).normal(1000, 300, (120, 120)).astype(np.float32))
