@@ -28,7 +28,7 @@ from .correction import Correction
 from .descriptors import get_descriptor
 from .descriptors.base import second_opinion
 from .device import resolve_device, set_threads
-from .errors import InputError, NotEnoughMatchesError
+from .errors import InputError, NotEnoughMatchesError, WeightsError
 from .fitting import fit_correction
 from .geometry.transforms import Affine
 from .io.output import atomic_path, prepare_outdir
@@ -277,7 +277,12 @@ def _match(R, RV, M, MV, descriptor, settings: MatchSettings, config: CoregConfi
             first = err
     mon.log(f"{first_name} found no reliable alignment; asking {second} for a second opinion")
     with mon.stage(0.5, 1.0, f"matching ({second}, second opinion)"):
-        d2 = get_descriptor(second, None, str(device))
+        try:
+            d2 = get_descriptor(second, None, str(device))
+        except WeightsError as werr:  # e.g. a damaged install: CFOG's refusal is still the answer
+            first.details = (f"{first.details}\nA second opinion ({second}) could not be asked: "
+                             f"{werr.message}").strip()
+            raise first from None
         try:
             res, d2, adapt_note = match_adapted(R, RV, M, MV, d2, settings, config, device, mon)
         except NotEnoughMatchesError as err2:

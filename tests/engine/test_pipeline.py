@@ -180,6 +180,25 @@ def test_both_refusals_are_reported_when_the_second_opinion_refuses_too(shared_d
     assert "A second opinion (learned-cfog) found no reliable alignment either" in exc.value.details
 
 
+def test_missing_second_opinion_weights_leave_cfogs_refusal(shared_data, tmp_path, monkeypatch):
+    """With the pre-filter's weights unusable (a damaged install), the user still gets CFOG's refusal, told
+    why no second opinion was asked -- not a weights error about a descriptor they never chose."""
+    from hsscl.engine.errors import WeightsError
+
+    ref, tgt, _ = _ben_sar_optical(shared_data, tmp_path, similarity(120, 120, 0.5, 0.99, (-12.0, -3.0)))
+    real = pipeline.get_descriptor
+
+    def broken(name, weights=None, device="cpu"):
+        if name == "learned-cfog":
+            raise WeightsError("The shipped weights 'prefilter-0.1.0.safetensors' are missing.", "Reinstall.")
+        return real(name, weights, device)
+
+    monkeypatch.setattr(pipeline, "get_descriptor", broken)
+    with pytest.raises(NotEnoughMatchesError) as exc:
+        pipeline.estimate(ref, tgt, CoregConfig(seed=0))
+    assert "A second opinion (learned-cfog) could not be asked: The shipped weights" in exc.value.details
+
+
 def test_second_opinion_policy():
     from hsscl.engine.descriptors.base import second_opinion
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import zipfile
 
+import numpy as np
 import pytest
 from qgis.core import (
     QgsProcessingContext,
@@ -60,6 +61,42 @@ def test_coregister(provider, engine, s1s2_pair, tmp_path):
         assert isinstance(json.load(f), dict)
     assert res["N_TIEPOINTS"] >= res["N_INLIERS"] >= 3
     assert 0 <= res["RMSE_PX"] < 5
+
+
+def test_second_opinion_is_logged_in_processing(provider, real_pipeline, tmp_path):
+    """BigEarthNet 36_85, Sentinel-1 VV onto Sentinel-2 B04 as published (120 px, same grid): CFOG alone is
+    refused on this pair (measured), CFOG on the learned pre-filter registers it; the Processing log says
+    which descriptor gave the result and the correction stays within the S1/S2 grids' 1-2 px agreement."""
+    import processing
+    from qgis.core import QgsProcessingFeedback
+
+    from .conftest import BEN
+
+    s2 = sorted(BEN.glob("BigEarthNet-S2-Example/*_36_85/*_B04.tif"))
+    s1 = sorted(BEN.glob("BigEarthNet-S1-Example/*_36_85/*_VV.tif"))
+    if not (s1 and s2):
+        pytest.skip(f"BigEarthNet patch 36_85 not found under {BEN}")
+
+    class Log(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.info: list[str] = []
+
+        def pushInfo(self, text):  # noqa: N802 (Qt name)
+            self.info.append(text)
+            super().pushInfo(text)
+
+    log = Log()
+    res = processing.run("hsscl:coregister", {"REFERENCE": str(s2[0]), "TARGET": str(s1[0]),
+                                              "OUTPUT": str(tmp_path / "co.tif"),
+                                              "TIEPOINTS": str(tmp_path / "ties.gpkg")}, feedback=log)
+    assert any("cfog found no reliable alignment" in t and "learned-cfog (second opinion)" in t for t in log.info), \
+        log.info
+    with open(res["REPORT_JSON"], encoding="utf-8") as f:
+        report = json.load(f)
+    assert report["second_opinion"]["used"] and report["descriptor"] == "learned-cfog"
+    shift = np.hypot(*np.asarray(report["model"]["params"].get("t", [0.0, 0.0])))
+    assert report["model"]["kind"] in ("shift", "affine") and shift < 3.0, report["model"]
 
 
 def test_match_then_apply_edited(provider, engine, s1s2_pair, tmp_path, project):
