@@ -326,6 +326,8 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
             text = (f"RMSE {results.get('RMSE_PX', float('nan')):.2f} px, "
                     f"{results.get('N_TIEPOINTS', 0):.0f} tie points "
                     f"({results.get('N_INLIERS', 0):.0f} inliers)")
+            if "second opinion" in str(results.get("DESCRIPTOR", "")):
+                text += f"; descriptor {results['DESCRIPTOR']}: CFOG found no reliable alignment"
         self.statusLabel.setText(text)
         self._message(text, Qgis.MessageLevel.Success)
 

@@ -9,6 +9,7 @@ from qgis.core import (
     QgsProcessingException,
     QgsProcessingOutputFile,
     QgsProcessingOutputNumber,
+    QgsProcessingOutputString,
     QgsProcessingParameterFileDestination,
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterVectorDestination,
@@ -43,6 +44,7 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
     RMSE_PX = "RMSE_PX"
     N_TIEPOINTS = "N_TIEPOINTS"
     N_INLIERS = "N_INLIERS"
+    DESCRIPTOR = "DESCRIPTOR"
 
     _HELP = (
         "Co-registers a target raster to a reference raster of another modality (SAR, optical, "
@@ -96,6 +98,8 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
         self.addOutput(QgsProcessingOutputNumber(self.RMSE_PX, self.tr("RMSE of the inliers (pixels)")))
         self.addOutput(QgsProcessingOutputNumber(self.N_TIEPOINTS, self.tr("Number of tie points")))
         self.addOutput(QgsProcessingOutputNumber(self.N_INLIERS, self.tr("Number of inliers")))
+        self.addOutput(QgsProcessingOutputString(self.DESCRIPTOR, self.tr(
+            "Descriptor that gave the result (with '(second opinion)' when the default's first was refused)")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
         self.require_dependencies()
@@ -152,6 +156,8 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
             f"RMSE {results[self.RMSE_PX]:.3f} px on {results[self.N_INLIERS]:.0f} inliers of "
             f"{results[self.N_TIEPOINTS]:.0f} tie points."))
         second = report.get("second_opinion") or {}
+        results[self.DESCRIPTOR] = str(report.get("descriptor") or "") + (" (second opinion)" if second.get("used")
+                                                                          else "")
         if second.get("used"):
             feedback.pushInfo(self.tr(
                 f"{second.get('first_descriptor')} found no reliable alignment; this result comes from "

@@ -95,6 +95,23 @@ def test_run_real_pipeline(dock, pair_layers, real_pipeline, qgis_iface):
     _check_results(dock, qgis_iface, reference, ok, results)
 
 
+def test_second_opinion_shown_in_the_status(dock, project, real_pipeline, qgis_iface):
+    """Real engine, BigEarthNet 36_85 Sentinel-1 VV onto Sentinel-2 B04 (CFOG refuses this pair, CFOG on the
+    learned pre-filter registers it): the status line and message bar say which descriptor gave the result."""
+    from .conftest import BEN
+
+    s2 = sorted(BEN.glob("BigEarthNet-S2-Example/*_36_85/*_B04.tif"))
+    s1 = sorted(BEN.glob("BigEarthNet-S1-Example/*_36_85/*_VV.tif"))
+    if not (s1 and s2):
+        pytest.skip(f"BigEarthNet patch 36_85 not found under {BEN}")
+    reference, target = add_raster(str(s2[0]), "S2 B04"), add_raster(str(s1[0]), "S1 VV")
+    choose(dock, reference, target)
+    ok, results = run_and_wait(dock)
+    assert ok, dock.statusLabel.text()
+    assert results["DESCRIPTOR"] == "learned-cfog (second opinion)"
+    assert "descriptor learned-cfog (second opinion): CFOG found no reliable alignment" in dock.statusLabel.text()
+
+
 def test_apply_edited_tiepoints(dock, pair_layers, fake_pipeline, tmp_path):
     reference, target = pair_layers
     choose(dock, reference, target)

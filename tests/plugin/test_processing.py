@@ -95,6 +95,7 @@ def test_second_opinion_is_logged_in_processing(provider, real_pipeline, tmp_pat
     with open(res["REPORT_JSON"], encoding="utf-8") as f:
         report = json.load(f)
     assert report["second_opinion"]["used"] and report["descriptor"] == "learned-cfog"
+    assert res["DESCRIPTOR"] == "learned-cfog (second opinion)"
     shift = np.hypot(*np.asarray(report["model"]["params"].get("t", [0.0, 0.0])))
     assert report["model"]["kind"] in ("shift", "affine") and shift < 3.0, report["model"]
 
