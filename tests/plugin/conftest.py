@@ -52,6 +52,17 @@ def ben_pairs() -> list[tuple[str, str]]:
     return [(str(a), str(b)) for a, b in pairs]
 
 
+@pytest.fixture(scope="session")
+def ben_sar_pair() -> tuple[str, str]:
+    """BigEarthNet 36_85 as published: (S2 B04 reference, S1 VV target), 120 x 120, same grid. CFOG alone
+    refuses this pair (measured); CFOG on the learned pre-filter, the default's second opinion, registers it."""
+    s2 = sorted(BEN.glob("BigEarthNet-S2-Example/*_36_85/*_B04.tif"))
+    s1 = sorted(BEN.glob("BigEarthNet-S1-Example/*_36_85/*_VV.tif"))
+    if not (s1 and s2):
+        pytest.skip(f"BigEarthNet patch 36_85 not found under {BEN}")
+    return str(s2[0]), str(s1[0])
+
+
 def pipeline_available() -> bool:
     return importlib.util.find_spec("hsscl.engine.pipeline") is not None
 

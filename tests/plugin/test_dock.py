@@ -95,16 +95,10 @@ def test_run_real_pipeline(dock, pair_layers, real_pipeline, qgis_iface):
     _check_results(dock, qgis_iface, reference, ok, results)
 
 
-def test_second_opinion_shown_in_the_status(dock, project, real_pipeline, qgis_iface):
+def test_second_opinion_shown_in_the_status(dock, project, ben_sar_pair, real_pipeline, qgis_iface):
     """Real engine, BigEarthNet 36_85 Sentinel-1 VV onto Sentinel-2 B04 (CFOG refuses this pair, CFOG on the
     learned pre-filter registers it): the status line and message bar say which descriptor gave the result."""
-    from .conftest import BEN
-
-    s2 = sorted(BEN.glob("BigEarthNet-S2-Example/*_36_85/*_B04.tif"))
-    s1 = sorted(BEN.glob("BigEarthNet-S1-Example/*_36_85/*_VV.tif"))
-    if not (s1 and s2):
-        pytest.skip(f"BigEarthNet patch 36_85 not found under {BEN}")
-    reference, target = add_raster(str(s2[0]), "S2 B04"), add_raster(str(s1[0]), "S1 VV")
+    reference, target = add_raster(ben_sar_pair[0], "S2 B04"), add_raster(ben_sar_pair[1], "S1 VV")
     choose(dock, reference, target)
     ok, results = run_and_wait(dock)
     assert ok, dock.statusLabel.text()
