@@ -114,6 +114,26 @@ def test_case_target_shows_the_reference_content(tmp_path):
     assert aligned > 0.9 and aligned > misaligned + 0.2
 
 
+def test_cached_case_is_rebuilt_when_its_ground_truth_changes(tmp_path):
+    """A case folder written under one ground truth is not reused once the truth's reading changes."""
+    from bench import cases as C
+
+    src = _sources().get("cfog_Stest3")
+    if src is None:
+        pytest.skip("cfog_Stest3 not in this copy of shared data")
+    first = C.Source("gt", "SAR-optical", "test", src.ref, src.ref, C._g_identity)
+    a = C.build_case(first, out_root=tmp_path)
+    target_a = T.read_raster(a["target"])
+    assert C.build_case(first, out_root=tmp_path) == a           # same truth: the cache stands
+    moved = C.Source("gt", "SAR-optical", "test", src.ref, src.ref,
+                     lambda r, t: np.array([[1, 0, 1.5], [0, 1, 0], [0, 0, 1.0]]))
+    b = C.build_case(moved, out_root=tmp_path)
+    assert b["G_reference_to_source_target"][0][2] == 1.5
+    target_b = T.read_raster(b["target"])
+    ok = np.isfinite(target_a) & np.isfinite(target_b)
+    assert np.abs(target_a[ok] - target_b[ok]).mean() > 1.0     # the target was written again, moved
+
+
 def test_run_timed_memory_and_timeout(tmp_path):
     from bench.run import run_timed
 
@@ -122,3 +142,40 @@ def test_run_timed_memory_and_timeout(tmp_path):
     assert r["rc"] == 0 and r["peak_mb"] > 140
     r = run_timed([[sys.executable, "-c", "import time; time.sleep(30)"]], 0.5, {}, tmp_path / "log")
     assert r["timeout"] and r["seconds"] < 5
+
+
+@pytest.mark.parametrize("pair", [25, 21])
+def test_srif_ground_truth_is_in_corner_coordinates(tmp_path, pair):
+    """SRIF's gt_N.txt applies as written (corner coordinates), not in 1-based MATLAB coordinates.
+
+    Pairs 25 and 21 are rotated by -86 and -81 deg, where the two readings differ by about 1 px along x.
+    The engine's tie points (CFOG, no second opinion), mapped back into the original image 2, land on the
+    corner-coordinate reading within a few tenths of a pixel and about 1 px away from the MATLAB one.
+    """
+    from bench import cases as C
+    from hsscl.engine.config import CoregConfig
+    from hsscl.engine.pipeline import estimate
+
+    name = f"srif_Optical-Infrared_{pair}"
+    gt_txt = C.DATA / "srif_li2023_subset" / "Optical-Infrared" / f"gt_{pair}.txt"
+    if not gt_txt.exists():
+        pytest.skip(f"{gt_txt} not found: SRIF data not in this copy of shared data")
+    src = {s.name: s for s in C.sources()}.get(name)
+    if src is None:
+        from bench import heldout as HO
+        src = {s.name: s for s in HO.sources()}[name]
+    case = C.build_case(src, out_root=tmp_path)
+    est = estimate(case["reference"], case["target"], CoregConfig.from_overrides(descriptor="cfog", threads=1))
+    tp = est.tiepoints
+    ref, tgt = tp.ref_xy[tp.inlier], tp.tgt_xy[tp.inlier]
+    M = np.array(case["M_target_to_reference"])
+    H = np.eye(3)
+    H[:2] = np.loadtxt(gt_txt)[:2, :3]
+    G = src.G(src.ref(), src.tgt())                   # the reading the benchmark builds its cases with
+    found = T.apply_h(G @ M, tgt)                     # where the engine's match lies in the original image 2
+    corner = np.median(found - T.apply_h(H, ref), axis=0)
+    matlab = np.median(found - T.apply_h(C._conj_matlab(H), ref), axis=0)
+    assert len(ref) >= 50
+    assert np.linalg.norm(corner) < 0.4, corner
+    assert np.linalg.norm(matlab) > 0.7, matlab
+    assert np.allclose(G, H)
