@@ -47,7 +47,7 @@ def fit_correction(ref_xy: np.ndarray, tgt_xy: np.ndarray, score: np.ndarray, ki
     else:
         inl = np.ones(n, bool)
     if kind == "auto":
-        choice = choose_model(ref_xy[inl], tgt_xy[inl] / px_scale, seed=seed)
+        choice = choose_model(ref_xy[inl], tgt_xy[inl], seed=seed, px_scale=px_scale)
         kind, reason, cv = choice.kind, choice.reason, choice.cv_rmse
     else:
         reason, cv = "chosen by the user", {}

@@ -122,8 +122,10 @@ def spatial_folds(src: np.ndarray, folds: int = 5, seed: int = 0) -> np.ndarray:
     return perm[block] % folds
 
 
-def cross_validated_rmse(kind: str, src: np.ndarray, dst: np.ndarray, folds: int = 5, seed: int = 0) -> float:
-    """Spatially blocked K-fold cross-validated RMSE (px) of fitting ``kind`` on ``src -> dst``."""
+def cross_validated_rmse(kind: str, src: np.ndarray, dst: np.ndarray, folds: int = 5, seed: int = 0,
+                         px_scale: float = 1.0) -> float:
+    """Spatially blocked K-fold cross-validated RMSE of fitting ``kind`` on ``src -> dst``, in ``src`` pixels
+    (``px_scale``: the size of a ``src`` pixel in ``dst`` pixels)."""
     n = len(src)
     if n < min_points(kind) + 2:
         return float("inf")
@@ -140,7 +142,7 @@ def cross_validated_rmse(kind: str, src: np.ndarray, dst: np.ndarray, folds: int
             m = fit_model(kind, src[train], dst[train])
         except (np.linalg.LinAlgError, NotEnoughMatchesError):
             return float("inf")
-        errs.append(m.residuals(src[test], dst[test]))
+        errs.append(m.residuals(src[test], dst[test]) / px_scale)
     if not errs:
         return float("inf")
     e = np.concatenate(errs)
@@ -155,14 +157,19 @@ class ModelChoice:
 
 
 def choose_model(src: np.ndarray, dst: np.ndarray, seed: int = 0,
-                 candidates: tuple[str, ...] = ("shift", "affine", "poly2", "poly3")) -> ModelChoice:
+                 candidates: tuple[str, ...] = ("shift", "affine", "poly2", "poly3"),
+                 px_scale: float = 1.0) -> ModelChoice:
     """Pick the simplest model whose cross-validated RMSE is within 10 % (+0.1 px) of the best.
 
-    A model is only considered with at least 3 points per parameter pair, so that its CV error is
-    meaningful; the reason names the figures.
+    The models are fitted to the points as they are and their errors measured in ``src`` pixels
+    (``px_scale``: the size of a ``src`` pixel in ``dst`` pixels). Rescaling ``dst`` instead would take away
+    the scale difference between the images, which a shift cannot represent, and let a shift win
+    where the images differ in scale. A model is only considered with at least 3 points per parameter
+    pair, so that its CV error is meaningful; the reason names the figures.
     """
     need = {"shift": 3, "affine": 8, "poly2": 24, "poly3": 40, "tps": 60}
-    cv = {k: cross_validated_rmse(k, src, dst, seed=seed) for k in candidates if len(src) >= need[k]}
+    cv = {k: cross_validated_rmse(k, src, dst, seed=seed, px_scale=px_scale) for k in candidates
+          if len(src) >= need[k]}
     if not cv:
         return ModelChoice("shift" if len(src) < 8 else "affine", "too few tie points to compare models", {})
     best = min(cv.values())

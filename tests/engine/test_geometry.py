@@ -194,3 +194,17 @@ def test_shift_and_polynomial_types():
     src = points(30)
     assert isinstance(fit_model("shift", src, src + 1), Shift)
     assert isinstance(fit_model("poly3", src, cubic(src)), Polynomial)
+
+
+def test_choose_model_keeps_the_scale_a_shift_cannot_represent():
+    """Points differing by a 4 % scale about the centre (plus noise): errors are measured in reference
+    pixels (``px_scale``) on the points as they are, so the shift (2.5 px off at the edges) loses."""
+    rng = np.random.default_rng(3)
+    src = rng.uniform(10, 120, (60, 2))
+    dst = 1.04 * (src - 65) + 65 + [3.0, -2.0] + rng.normal(0, 0.2, src.shape)
+    choice = choose_model(src, dst, seed=0, px_scale=1.04)
+    assert choice.kind == "affine", choice.reason
+    assert choice.cv_rmse["shift"] > 1.0 > choice.cv_rmse["affine"] * 3
+    # the errors are in reference pixels: twice the target's scale halves them
+    half = choose_model(src, 2 * dst, seed=0, px_scale=2.08)
+    assert half.cv_rmse["affine"] == pytest.approx(choice.cv_rmse["affine"], rel=1e-6)
