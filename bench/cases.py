@@ -8,7 +8,8 @@ Each source pair is first aligned by its ground truth: ``G`` maps a reference pi
 position in the ORIGINAL target file that shows the same ground (identity for registered patches, from the
 geotransforms for georeferenced pairs, from the published homography / affine / tie points otherwise). The
 case's target is then ``target(p) = original_target(G(M(p)))``: one bilinear resampling. MATLAB-made ground
-truth (MMIM, SRIF, CFOG) is 1-based with pixel centres at integers: corner = MATLAB - 0.5.
+truth (MMIM, CFOG) is 1-based with pixel centres at integers: corner = MATLAB - 0.5. SRIF's affine matrices
+apply as written, in corner coordinates (``_g_srif`` says how that was established).
 """
 from __future__ import annotations
 
