@@ -92,15 +92,21 @@ def test_real_case_none_and_perfect(tmp_path, name):
     assert evaluate(case, {"ok": False, "error": "boom"})["failed"]
 
 
-def test_case_target_shows_the_reference_content(tmp_path):
-    """Undoing M on the written target gives back the reference content (the same image as both)."""
+def _stest3_on_itself(name: str, G):
+    """A source whose reference and target are both the CFOG Stest3 optical image, under truth ``G``."""
     from bench import cases as C
 
     src = _sources().get("cfog_Stest3")
     if src is None:
         pytest.skip("cfog_Stest3 not in this copy of shared data")
-    same = C.Source("self", "SAR-optical", "test", src.ref, src.ref, C._g_identity)
-    case = C.build_case(same, out_root=tmp_path)
+    return C.Source(name, "SAR-optical", "test", src.ref, src.ref, G)
+
+
+def test_case_target_shows_the_reference_content(tmp_path):
+    """Undoing M on the written target gives back the reference content (the same image as both)."""
+    from bench import cases as C
+
+    case = C.build_case(_stest3_on_itself("self", C._g_identity), out_root=tmp_path)
     W, H = case["width"], case["height"]
     M = np.array(case["M_target_to_reference"])
     ref = T.read_raster(case["reference"])[0]
@@ -118,15 +124,11 @@ def test_cached_case_is_rebuilt_when_its_ground_truth_changes(tmp_path):
     """A case folder written under one ground truth is not reused once the truth's reading changes."""
     from bench import cases as C
 
-    src = _sources().get("cfog_Stest3")
-    if src is None:
-        pytest.skip("cfog_Stest3 not in this copy of shared data")
-    first = C.Source("gt", "SAR-optical", "test", src.ref, src.ref, C._g_identity)
+    first = _stest3_on_itself("gt", C._g_identity)
     a = C.build_case(first, out_root=tmp_path)
     target_a = T.read_raster(a["target"])
     assert C.build_case(first, out_root=tmp_path) == a           # same truth: the cache stands
-    moved = C.Source("gt", "SAR-optical", "test", src.ref, src.ref,
-                     lambda r, t: np.array([[1, 0, 1.5], [0, 1, 0], [0, 0, 1.0]]))
+    moved = _stest3_on_itself("gt", lambda r, t: np.array([[1, 0, 1.5], [0, 1, 0], [0, 0, 1.0]]))
     b = C.build_case(moved, out_root=tmp_path)
     assert b["G_reference_to_source_target"][0][2] == 1.5
     target_b = T.read_raster(b["target"])
