@@ -126,7 +126,7 @@ def _g_srif(gt_txt: Path) -> Callable[[Img, Img], np.ndarray]:
     conjugated through each pair's synthetic rotation (up to 86 deg), which predicts a per-pair offset of
     0.2-1.0 px along x. The matched tie points of all 11 Optical-Infrared pairs of both benchmark sets showed
     exactly that offset (with two descriptors); a least-squares fit of the convention offset over them gives
-    -0.04 px from corner coordinates (0.5 for MATLAB), and the remaining offset is 0.15 px rms per axis
+    -0.04 px from corner coordinates (MATLAB would be -0.5), and the remaining offset is 0.15 px rms per axis
     (0.49 px before). See bench/README.md, "Ground-truth conventions".
     """
     def g(ref: Img, tgt: Img) -> np.ndarray:
