@@ -264,6 +264,21 @@ def test_train_smoke_writes_weights_checkpoint_log_and_resumes(mini_cache, tmp_p
     assert s2["steps"] == 3
 
 
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_shipped_training_configs_load_and_keep_the_heldout_locations_out(path):
+    """Every config in configs/ is valid (unknown keys are an error), starts from a file that exists, and a
+    config with exclusions keeps out every held-out location the 0.2.0 recipe keeps out."""
+    from hsscl.engine.train.config import TrainConfig
+
+    cfg = TrainConfig.load(path)
+    if cfg.init_weights:
+        assert (REPO / cfg.init_weights).is_file(), cfg.init_weights
+    if cfg.exclude_keys:
+        reference = TrainConfig.load(REPO / "configs" / "hsscl_tm_cpu.json").exclude_keys
+        assert set(reference) <= set(cfg.exclude_keys), sorted(set(reference) - set(cfg.exclude_keys))
+        assert not set(cfg.val_keys) & set(cfg.exclude_keys)
+
+
 def test_dense_weights_are_trained_with_and_saved_in_the_weights(mini_cache, tmp_path):
     """`dense_weights` (1, 0, 0): the matcher's map of the trained network is its fine level alone, as saved."""
     from hsscl.engine.train.loop import train
