@@ -48,8 +48,8 @@ def sources() -> list[Source]:
     D = C.DATA
     out: list[Source] = []
 
-    def add(name, family, origin, ref, tgt, G, files, note="", quick=False):
-        out.append(Source(name, family, origin, ref, tgt, G, note, quick, tuple(Path(f) for f in files)))
+    def add(name, family, origin, ref, tgt, G, files, note="", quick=False, gt_class=C.APPROXIMATE):
+        out.append(Source(name, family, origin, ref, tgt, G, note, quick, tuple(Path(f) for f in files), gt_class))
 
     # SAR-optical ------------------------------------------------------------------------------------------
     os_ = D / "osmnet_osdataset_samples"
@@ -108,15 +108,17 @@ def sources() -> list[Source]:
     # optical-infrared --------------------------------------------------------------------------------------
     sr = D / "srif_li2023_subset"
 
-    def srif(cat: str, family: str, ids: list[int], note: str, quick_id: int | None = None):
+    def srif(cat: str, family: str, ids: list[int], note: str, quick_id: int | None = None, gt_class=C.APPROXIMATE):
         for i in ids:
             assert i not in DEV_SRIF.get(cat, set()), (cat, i)
             d = sr / cat
             add(f"srif_{cat}_{i}", family, "srif_li2023_subset", lambda d=d, i=i: _read(d / f"pair{i}_1.jpg"),
                 lambda d=d, i=i: _read(d / f"pair{i}_2.jpg"), _g_srif(d / f"gt_{i}.txt"),
-                [d / f"pair{i}_1.jpg", d / f"pair{i}_2.jpg", d / f"gt_{i}.txt"], note, quick=(i == quick_id))
+                [d / f"pair{i}_1.jpg", d / f"pair{i}_2.jpg", d / f"gt_{i}.txt"], note, quick=(i == quick_id),
+                gt_class=gt_class)
 
-    srif("Optical-Infrared", "optical-infrared", [5, 13, 21, 29, 37, 45], "affine GT (validated)", quick_id=5)
+    srif("Optical-Infrared", "optical-infrared", [5, 13, 21, 29, 37, 45], "affine GT (validated)", quick_id=5,
+         gt_class=C.SUBPIXEL)
 
     # optical-map -------------------------------------------------------------------------------------------
     # identity GT, but the oriented-gradient check puts most pairs' best alignment 3-10 px off in y (a map
@@ -126,12 +128,12 @@ def sources() -> list[Source]:
 
     # multispectral -----------------------------------------------------------------------------------------
     add("sen1floods11_Spain_B04_B11", "multispectral", "more_s1s2/sen1floods11_cloudtostreet",
-        lambda: _read(sf2, [4]), lambda: _read(sf2, [12]), _g_geo, [sf2], "identity (same grid)")
+        lambda: _read(sf2, [4]), lambda: _read(sf2, [12]), _g_geo, [sf2], "identity (same grid)", gt_class=C.SUBPIXEL)
     if len(s2c) >= 2:
         a = s2c[1]                             # dev: s2a (L2A) June + August; here L1C Aug 23
         add(f"ssl4eo_{a.name[:8]}_B4_B11", "multispectral", "more_s1s2/ssl4eo_s12_via_rico_hdl",
             lambda: _read(a / "B4.tif"), lambda: _read(a / "B11.tif"), _g_geo, [a / "B4.tif", a / "B11.tif"],
-            "georeferencing (10 m vs 20 m grid)")
+            "georeferencing (10 m vs 20 m grid)", gt_class=C.SUBPIXEL)
 
     # cross-season / day-night (and multi-temporal optical) ------------------------------------------------
     mm = D / "mmim_jiang2021_RemoteSensing"

@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
                 res["error"] = f"exit code {t['rc']}" + (f": {tail[0].strip()[:200]}" if tail else "")
             ev = evaluate(case, res)
             row = {"case": case["id"], "family": case["family"], "origin": case["origin"],
+                   "gt_class": case.get("gt_class", C.APPROXIMATE), "gt_note": case.get("gt_note", ""),
                    "georeferenced": case["georeferenced"], "size": f"{case['width']}x{case['height']}",
                    "initial_rmse": case["initial_rmse"], "tool": tool.name, "label": tool.label,
                    "group": tool.group, "threads": a.threads if tool.threads else 0, "jobs": a.jobs, "seconds": t["seconds"],
