@@ -291,7 +291,8 @@ def sources() -> list[Source]:
     mmim("Infrared_Optical", "IO", "optical-infrared", 4, cap=2)
     sr = D / "srif_li2023_subset"
 
-    def srif(cat: str, family: str, ids: list[int], note: str, quick_id: int | None = None, gt_class=APPROXIMATE):
+    def srif(cat: str, family: str, ids: list[int], note: str, quick_id: int | None = None,
+             gt_class: str = APPROXIMATE):
         for i in ids:
             d = sr / cat
             add(f"srif_{cat}_{i}", family, "srif_li2023_subset", lambda d=d, i=i: _read(d / f"pair{i}_1.jpg"),

@@ -108,7 +108,8 @@ def sources() -> list[Source]:
     # optical-infrared --------------------------------------------------------------------------------------
     sr = D / "srif_li2023_subset"
 
-    def srif(cat: str, family: str, ids: list[int], note: str, quick_id: int | None = None, gt_class=C.APPROXIMATE):
+    def srif(cat: str, family: str, ids: list[int], note: str, quick_id: int | None = None,
+             gt_class: str = C.APPROXIMATE):
         for i in ids:
             assert i not in DEV_SRIF.get(cat, set()), (cat, i)
             d = sr / cat
