@@ -24,6 +24,11 @@ def _f(v, fmt="{:.2f}", none="–"):
     return fmt.format(v)
 
 
+def _label(tool: str) -> str:
+    """A tool's display label (its name when the registry does not know it)."""
+    return TOOLS[tool].label if tool in TOOLS else tool
+
+
 def _clean(s: str, n: int) -> str:
     """One table cell: no paths of this machine, no pipes, at most n characters."""
     import re
@@ -67,7 +72,7 @@ def _table(rows: list[dict], tools: list[str], families: list[str]) -> list[str]
             if not fr:
                 continue
             s = summarise(fr)
-            label = TOOLS[t].label if t in TOOLS else t
+            label = _label(t)
             name = f"**{label}**" if fam == "all" else label
             out.append(
                 f"| {name} | {'**all**' if fam == 'all' else fam} | {s['n']} | {s['s1']:.0%} | {s['s3']:.0%} | "
@@ -86,7 +91,7 @@ def _headline(rows: list[dict], tools: list[str]) -> list[str]:
             continue
         s = summarise(tr)
         ratio = s["sec"] / s["floor"] if s["floor"] and s["sec"] else float("nan")
-        out.append(f"| {TOOLS[t].label if t in TOOLS else t} | {s['n']} | {s['s1']:.0%} | {s['s3']:.0%} | "
+        out.append(f"| {_label(t)} | {s['n']} | {s['s1']:.0%} | {s['s3']:.0%} | "
                    f"{s['s5']:.0%} | {_f(s['median'])} | {s['failed']} | {_f(s['sec'])} | "
                    f"{_f(ratio, '{:.0f}×') if t != 'none' else '–'} |")
     return out
@@ -112,7 +117,7 @@ def _by_truth(rows: list[dict], tools: list[str]) -> list[str]:
             if not cr:
                 continue
             s = summarise(cr)
-            out.append(f"| {TOOLS[t].label if t in TOOLS else t} | {c} | {s['n']} | {s['s1']:.0%} | {s['s3']:.0%} | "
+            out.append(f"| {_label(t)} | {c} | {s['n']} | {s['s1']:.0%} | {s['s3']:.0%} | "
                        f"{_f(s['median'])} | {s['failed']} |")
     return out + [""]
 
@@ -269,7 +274,7 @@ def plot_cdf(rows: list[dict], info: dict, path: Path) -> None:
                           if x["tool"] == t and (fam == "all" or x["family"] == fam)], float)
             if len(r) == 0:
                 continue
-            ax.plot(xs, [(r <= v).mean() for v in xs], label=TOOLS[t].label if t in TOOLS else t,
+            ax.plot(xs, [(r <= v).mean() for v in xs], label=_label(t),
                     lw=2.2 if t.startswith("hsscl") else 1.3, ls="--" if t == "none" else "-")
         for v in (1, 3, 5):
             ax.axvline(v, color="0.85", lw=0.8, zorder=0)
