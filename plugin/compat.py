@@ -30,4 +30,6 @@ ALG_CAN_CANCEL = _pick("ProcessingAlgorithmFlag", "CanCancel", QgsProcessingAlgo
 RASTER_LAYERS = _pick("LayerFilter", "RasterLayer", QgsMapLayerProxyModel.Filter.RasterLayer)
 POINT_LAYERS = _pick("LayerFilter", "PointLayer", QgsMapLayerProxyModel.Filter.PointLayer)
 POLYGON = _pick("GeometryType", "Polygon", QgsWkbTypes.GeometryType.PolygonGeometry)
+POINT = _pick("GeometryType", "Point", QgsWkbTypes.GeometryType.PointGeometry)
+LINE = _pick("GeometryType", "Line", QgsWkbTypes.GeometryType.LineGeometry)
 WRITER_NO_ERROR = _pick("VectorFileWriterError", "NoError", QgsVectorFileWriter.WriterError.NoError)

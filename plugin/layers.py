@@ -3,7 +3,13 @@ from __future__ import annotations
 
 import os
 
-from qgis.core import QgsMapLayer, QgsProject, QgsRasterLayer, QgsVectorLayer
+from qgis.core import (
+    QgsMapLayer,
+    QgsProcessingLayerPostProcessorInterface,
+    QgsProject,
+    QgsRasterLayer,
+    QgsVectorLayer,
+)
 
 STYLES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "resources", "styles")
 
@@ -17,6 +23,28 @@ def _apply_style(layer: QgsMapLayer, name: str) -> None:
     if os.path.isfile(path):
         layer.loadNamedStyle(path)
         layer.triggerRepaint()
+
+
+class StylePostProcessor(QgsProcessingLayerPostProcessorInterface):
+    """Applies a bundled style to an output when Processing loads it (dialog, batch, models)."""
+
+    def __init__(self, style: str) -> None:
+        super().__init__()
+        self.style = style
+
+    def postProcessLayer(self, layer, context, feedback) -> None:  # noqa: N802 (QGIS API name)
+        _apply_style(layer, self.style)
+
+
+# Processing keeps only a C++ pointer to the post-processor: the Python objects must outlive the run. One per
+# style, created on first use and kept for the session (a handful of small objects).
+_POST_PROCESSORS: dict[str, StylePostProcessor] = {}
+
+
+def style_post_processor(style: str) -> StylePostProcessor:
+    if style not in _POST_PROCESSORS:
+        _POST_PROCESSORS[style] = StylePostProcessor(style)
+    return _POST_PROCESSORS[style]
 
 
 def add_above(layer: QgsMapLayer, anchor: QgsMapLayer | None, project: QgsProject | None = None) -> QgsMapLayer:

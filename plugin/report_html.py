@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-PREVIEW = 256  # pixels of the before/after views (longest side)
+PREVIEW = 640  # pixels of the before/after views (longest side)
 
 
 # ---- data -------------------------------------------------------------------------------------------------
@@ -61,8 +61,18 @@ def preview(path: str, reference: str, size: int = PREVIEW) -> np.ndarray | None
         nodata = src.GetRasterBand(b).GetNoDataValue()
         if nodata is not None and not math.isnan(nodata):
             data[i][data[i] == nodata] = np.nan
-    img = np.nanmean(data, axis=0) if data.shape[0] > 1 else data[0]
+    img = _mean_of_finite(data) if data.shape[0] > 1 else data[0]
     return _stretch(img)
+
+
+def _mean_of_finite(data: np.ndarray) -> np.ndarray:
+    """Mean over the first axis of the finite values; NaN where none (np.nanmean without its warning)."""
+    finite = np.isfinite(data)
+    count = finite.sum(axis=0)
+    total = np.where(finite, data, 0.0).sum(axis=0)
+    out = np.full(count.shape, np.nan, dtype=np.float32)
+    np.divide(total, count, out=out, where=count > 0)
+    return out
 
 
 def _stretch(img: np.ndarray) -> np.ndarray:
@@ -201,10 +211,54 @@ def _summary_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _fmt(value: Any, digits: int = 2, unit: str = "") -> str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return "n/a"
+    return f"{number:.{digits}f}{unit}" if math.isfinite(number) else "n/a"
+
+
+def headline(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The few numbers a user judges a run by: RMSE (check points, else fit), model, confidence, counts."""
+    rows: list[tuple[str, str]] = []
+    rmse = report.get("rmse_px")
+    if isinstance(rmse, dict):
+        if rmse.get("check") is not None:
+            rows.append(("RMSE on check points", _fmt(rmse["check"], unit=" px")))
+        if rmse.get("fit") is not None:
+            rows.append(("RMSE of the fit", _fmt(rmse["fit"], unit=" px")))
+    elif rmse is not None:
+        rows.append(("RMSE", _fmt(rmse, unit=" px")))
+    model = report.get("model")
+    if isinstance(model, dict) and model.get("kind"):
+        rows.append(("Model", str(model["kind"])))
+    elif model:
+        rows.append(("Model", str(model)))
+    confidence = report.get("confidence")
+    if confidence is not None:
+        rows.append(("Confidence (within 3 px)", _fmt(100.0 * float(confidence), 0, " %")
+                     if isinstance(confidence, (int, float)) else str(confidence)))
+    counts = report.get("counts")
+    if isinstance(counts, dict):
+        text = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in counts.items() if isinstance(v, (int, float)))
+        if text:
+            rows.append(("Tie points", text))
+    if report.get("descriptor"):
+        second = report.get("second_opinion") or {}
+        rows.append(("Descriptor", str(report["descriptor"]) + (" (second opinion)" if second.get("used") else "")))
+    return rows
+
+
 def build_report_html(report: dict[str, Any], tiepoints_gpkg: str, reference: str, target: str,
-                      coregistered: str | None, title: str = "") -> str:
+                      coregistered: str | None, title: str = "", outputs: dict[str, str] | None = None) -> str:
+    """The report page. ``outputs`` (name -> path) are the user's files, listed instead of the engine's
+    work-folder paths in ``report["outputs"]``."""
     from osgeo import gdal
 
+    report = dict(report)
+    if outputs is not None:
+        report["outputs"] = {k: v for k, v in outputs.items() if v}
     rows = read_tiepoints(tiepoints_gpkg) if tiepoints_gpkg else []
     ref = gdal.Open(reference)
     width, height = (ref.RasterXSize, ref.RasterYSize) if ref is not None else (0, 0)
@@ -214,11 +268,19 @@ def build_report_html(report: dict[str, Any], tiepoints_gpkg: str, reference: st
              "<style>body{font-family:sans-serif;margin:1.5em;color:#222}table{border-collapse:collapse}"
              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:left;font-size:13px}"
              "figure{display:inline-block;margin:0 1em 1em 0;vertical-align:top}"
-             "figcaption{font-size:12px;color:#555}img{image-rendering:pixelated;border:1px solid #999}"
+             "figcaption{font-size:12px;color:#555}img{image-rendering:pixelated;border:1px solid #999;"
+             "max-width:100%;height:auto}table.headline td,table.headline th{font-size:16px;padding:4px 12px}"
              "</style></head><body>",
              f"<h1>HSSCL Co-register</h1><p>{html.escape(title)}</p>"]
-    n_in = sum(1 for r in rows if _num(r, "inlier", 0))
-    parts.append(f"<p><b>{len(rows)}</b> tie points, <b>{n_in}</b> inliers.</p>")
+    summary = headline(report)
+    if not summary:
+        n_in = sum(1 for r in rows if _num(r, "inlier", 0))
+        summary = [("Tie points", f"{len(rows)} ({n_in} inliers)")]
+    parts.append("<table class='headline'>")
+    for key, value in summary:
+        parts.append(f"<tr><th>{html.escape(key)}</th><td>{html.escape(value)}</td></tr>")
+    parts.append("</table>")
+    befaft_at = len(parts)
     parts.append("<h2>Tie points</h2>")
     parts.append(f"<figure>{tiepoints_svg(rows, width, height)}<figcaption>Tie points on the reference "
                  "(residual ≤ 0.5 px dark green, ≤ 1 light green, ≤ 2 yellow, ≤ 5 orange, more red; squares: check "
@@ -229,19 +291,28 @@ def build_report_html(report: dict[str, Any], tiepoints_gpkg: str, reference: st
     before = preview(target, reference)
     after = preview(coregistered, reference) if coregistered else None
     if ref_img is not None and before is not None:
-        parts.append("<h2>Before / after</h2>")
-        views = [("Before: overlay", overlay(ref_img, before)), ("Before: checkerboard", checkerboard(ref_img, before))]
+        views = [("Before: overlay", overlay(ref_img, before))]
         if after is not None:
-            views += [("After: overlay", overlay(ref_img, after)), ("After: checkerboard", checkerboard(ref_img, after))]
+            views.append(("After: overlay", overlay(ref_img, after)))
+        views.append(("Before: checkerboard", checkerboard(ref_img, before)))
+        if after is not None:
+            views.append(("After: checkerboard", checkerboard(ref_img, after)))
+        block = ["<h2>Before / after</h2>"]
         for caption, img in views:
-            parts.append(f"<figure><img src='{png_data_uri(img)}' width='{img.shape[2]}' height='{img.shape[1]}'"
+            block.append(f"<figure><img src='{png_data_uri(img)}' width='{img.shape[2]}' height='{img.shape[1]}'"
                          f" alt='{caption}'><figcaption>{caption}</figcaption></figure>")
-        parts.append("<p style='font-size:12px'>Overlay: reference in magenta, target in green; grey where they "
+        block.append("<p style='font-size:12px'>Overlay: reference in magenta, target in green; grey where they "
                      "agree.</p>")
-    parts.append("<h2>Summary</h2><table>")
+        parts[befaft_at:befaft_at] = block  # right after the headline numbers
+    if report.get("outputs"):
+        parts.append("<h2>Files</h2><ul>")
+        for key, value in dict(report["outputs"]).items():
+            parts.append(f"<li>{html.escape(str(key))}: <code>{html.escape(str(value))}</code></li>")
+        parts.append("</ul>")
+    parts.append("<details><summary>All details</summary><table>")
     for key, value in _summary_rows(report):
         parts.append(f"<tr><th>{html.escape(key)}</th><td>{html.escape(value)}</td></tr>")
-    parts.append("</table>")
+    parts.append("</table></details>")
     parts.append("<details><summary>report.json</summary><pre>"
                  + html.escape(json.dumps(report, indent=2, default=str)) + "</pre></details>")
     parts.append("</body></html>")
@@ -249,8 +320,8 @@ def build_report_html(report: dict[str, Any], tiepoints_gpkg: str, reference: st
 
 
 def write_report_html(path: str, report: dict[str, Any], tiepoints_gpkg: str, reference: str, target: str,
-                      coregistered: str | None, title: str = "") -> str:
-    text = build_report_html(report, tiepoints_gpkg, reference, target, coregistered, title)
+                      coregistered: str | None, title: str = "", outputs: dict[str, str] | None = None) -> str:
+    text = build_report_html(report, tiepoints_gpkg, reference, target, coregistered, title, outputs)
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return path

@@ -13,9 +13,10 @@ from qgis.core import (
     QgsProcessingParameterRasterDestination,
     QgsProcessingParameterRasterLayer,
     QgsVectorFileWriter,
+    QgsWkbTypes,
 )
 
-from ..compat import VECTOR_POINT, WRITER_NO_ERROR
+from ..compat import POINT, VECTOR_POINT, WRITER_NO_ERROR
 from .base import GRIDS, TRANSFORMS, HSSCLAlgorithm, _help, _labels
 from .coregister import _number
 from .outputs import deliver_raster
@@ -31,9 +32,9 @@ class ApplyAlgorithm(HSSCLAlgorithm):
     N_TIEPOINTS = "N_TIEPOINTS"
 
     _HELP = (
-        "Fits the transform model again to a tie point layer written by <i>HSSCL Co-register</i> or "
-        "<i>Find tie points</i> (after you deleted bad points, or with only the selected points) and warps "
-        "a raster with it.<br><br>"
+        "Fits the transform model again to a tie point layer written by 'HSSCL Co-register' or "
+        "'Find tie points' (after you deleted bad points, or with only the selected points) and warps "
+        "a raster with it.\n\n"
         "The raster must be on the target's pixel grid (the target itself, another band of the same scene, "
         "or a product derived from it). This is how one correction reaches other bands and products."
     )
@@ -68,7 +69,8 @@ class ApplyAlgorithm(HSSCLAlgorithm):
             "Reference: the output has the reference's pixel grid. Target: the raster keeps its own grid."))
         self.addParameter(_help(QgsProcessingParameterRasterDestination(
             self.OUTPUT, self.tr("Corrected raster")), "The raster, corrected."))
-        self.addOutput(QgsProcessingOutputNumber(self.RMSE_PX, self.tr("RMSE of the inliers (pixels)")))
+        self.addOutput(QgsProcessingOutputNumber(self.RMSE_PX, self.tr(
+            "RMSE on the check points (reference pixels; of the fit when there are no check points)")))
         self.addOutput(QgsProcessingOutputNumber(self.N_TIEPOINTS, self.tr("Number of tie points used")))
 
     def processAlgorithm(self, parameters, context, feedback):  # noqa: N802
@@ -76,6 +78,10 @@ class ApplyAlgorithm(HSSCLAlgorithm):
         source = self.parameterAsSource(parameters, self.TIEPOINTS, context)
         if source is None:
             raise QgsProcessingException(self.tr("The tie point layer cannot be opened."))
+        if QgsWkbTypes.geometryType(source.wkbType()) != POINT:
+            raise QgsProcessingException(self.tr(
+                "The tie point layer must be a point layer (layer 'tiepoints' of the tie point file written by "
+                "HSSCL Co-register or Find tie points); the match lines cannot be applied."))
         names = set(source.fields().names())
         missing = [f for f in REQUIRED_FIELDS if f not in names]
         if missing:

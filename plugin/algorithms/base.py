@@ -76,6 +76,21 @@ def _help(param: QgsProcessingParameterDefinition, text: str) -> QgsProcessingPa
     return param
 
 
+class ProgressRelay:
+    """The engine Monitor's ``report_fn`` for a Processing feedback: progress as percent, and a stage text only
+    when it differs from the last one (the warper reports the same text at every block; the log shows it once)."""
+
+    def __init__(self, feedback: QgsProcessingFeedback) -> None:
+        self.feedback = feedback
+        self.last = ""
+
+    def __call__(self, fraction: float, message: str) -> None:
+        self.feedback.setProgress(100.0 * fraction)
+        if message and message != self.last:
+            self.last = message
+            self.feedback.setProgressText(message)
+
+
 class HSSCLAlgorithm(QgsProcessingAlgorithm):
     """Base class; subclasses define ``name``, ``displayName``, ``initAlgorithm`` and ``run``."""
 
@@ -127,6 +142,21 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
 
     def flags(self):
         return super().flags() | ALG_CAN_CANCEL
+
+    # ---- styles of the outputs wherever they are loaded (Processing dialog, batch, models) ----------------
+    def style_on_load(self, path: str, style: str) -> None:
+        """Give the output ``path`` the bundled style ``style`` (resources/styles/<style>.qml) when Processing
+        loads it into the project (called from ``processAlgorithm``; set in ``postProcessAlgorithm``)."""
+        if path:
+            self.__dict__.setdefault("_styles", {})[path] = style
+
+    def postProcessAlgorithm(self, context, feedback):  # noqa: N802
+        from ..layers import style_post_processor
+
+        for path, style in self.__dict__.pop("_styles", {}).items():
+            if context.willLoadLayerOnCompletion(path):
+                context.layerToLoadOnCompletionDetails(path).setPostProcessor(style_post_processor(style))
+        return {}
 
     def canExecute(self) -> tuple[bool, str]:  # noqa: N802
         status = deps.check()
@@ -291,12 +321,7 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
         if feedback is None:
             return Monitor()
 
-        def report(fraction: float, message: str) -> None:
-            feedback.setProgress(100.0 * fraction)
-            if message:
-                feedback.setProgressText(message)
-
-        return Monitor(report_fn=report, cancel_fn=feedback.isCanceled)
+        return Monitor(report_fn=ProgressRelay(feedback), cancel_fn=feedback.isCanceled)
 
     @contextmanager
     def engine_errors(self, feedback: QgsProcessingFeedback | None) -> Iterator[None]:

@@ -49,13 +49,13 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
     _HELP = (
         "Co-registers a target raster to a reference raster of another modality (SAR, optical, "
         "multispectral): finds tie points with modality-independent descriptors, fits a geometric model "
-        "robustly, and resamples all bands of the target.<br><br>"
-        "<b>Outputs</b>: the co-registered raster, the tie points (coloured by residual when loaded from "
-        "the HSSCL panel), the match lines between reference and target positions, and a report (HTML with "
-        "figures and a before/after view, plus JSON). A <i>.correction.json</i> file next to the raster "
-        "keeps the fitted model.<br><br>"
+        "robustly, and resamples all bands of the target.\n\n"
+        "Outputs: the co-registered raster, the tie points (coloured by residual), the match lines from "
+        "each point's uncorrected target position to its reference position, and a report (HTML with the "
+        "RMSE, model, confidence and a before/after view, plus JSON). A '.correction.json' file next to "
+        "the raster keeps the fitted model.\n\n"
         "To correct other bands or derived products with the same tie points (possibly edited), use "
-        "<i>Apply tie points to a raster</i>."
+        "'Apply tie points to a raster'."
     )
 
     def name(self) -> str:
@@ -83,7 +83,8 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
         self.addParameter(_help(QgsProcessingParameterVectorDestination(
             self.MATCHES, self.tr("Match lines"), VECTOR_LINE, optional=True,
             createByDefault=True),
-            "Lines from each tie point's reference position to its target position."))
+            "Lines from where each tie point lies in the uncorrected target to its reference position "
+            "(the direction of the correction)."))
         # The report is declared as a plain file output, not QgsProcessingOutputHtml: the batch dialog of
         # QGIS 3.22 fails after the runs when an algorithm has an HTML output (ProcessingResults.addResult()
         # is called without its 'timestamp' argument).
@@ -95,7 +96,8 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
         self.addOutput(QgsProcessingOutputFile(self.REPORT, self.tr("Report (HTML)")))
         self.addOutput(QgsProcessingOutputFile(self.REPORT_JSON, self.tr("Report (JSON)")))
         self.addOutput(QgsProcessingOutputFile(self.CORRECTION, self.tr("Correction (JSON)")))
-        self.addOutput(QgsProcessingOutputNumber(self.RMSE_PX, self.tr("RMSE of the inliers (pixels)")))
+        self.addOutput(QgsProcessingOutputNumber(self.RMSE_PX, self.tr(
+            "RMSE on the check points (reference pixels; of the fit when there are no check points)")))
         self.addOutput(QgsProcessingOutputNumber(self.N_TIEPOINTS, self.tr("Number of tie points")))
         self.addOutput(QgsProcessingOutputNumber(self.N_INLIERS, self.tr("Number of inliers")))
         self.addOutput(QgsProcessingOutputString(self.DESCRIPTOR, self.tr(
@@ -135,11 +137,18 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
 
                 feedback.setProgressText(self.tr("Writing the HTML report…"))
                 try:
+                    # the report names the user's files, not the work folder's (removed after the run)
+                    user_files = {"raster": out_raster, "tiepoints": out_ties, "matches": out_matches,
+                                  "report": sidecar(out_report, ".json"),
+                                  "correction": sidecar(out_raster, ".correction.json")}
                     write_report_html(out_report, report, ties, ref_path, tgt_path, coregistered,
-                                      title=f"{os.path.basename(tgt_path)} → {os.path.basename(ref_path)}")
+                                      title=f"{os.path.basename(tgt_path)} → {os.path.basename(ref_path)}",
+                                      outputs=user_files)
                 except Exception as err:  # the figures are a convenience; never lose the run for them
                     feedback.reportError(f"The HTML report could not be completed: {err}", False)
                 results[self.REPORT] = out_report
+            self.style_on_load(out_ties, "tiepoints")
+            self.style_on_load(out_matches, "matches")
             results[self.OUTPUT] = deliver_raster(coregistered, out_raster)
             results[self.TIEPOINTS] = deliver_vector(ties, "tiepoints", out_ties)
             if out_matches:
@@ -152,8 +161,10 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
         results[self.RMSE_PX] = _number(getattr(res, "rmse_px", None))
         results[self.N_TIEPOINTS] = _number(getattr(res, "n_tiepoints", None))
         results[self.N_INLIERS] = _number(getattr(res, "n_inliers", None))
+        rmse_info = report.get("rmse_px")
+        rmse_kind = "check points" if isinstance(rmse_info, dict) and rmse_info.get("check") is not None else "fit"
         feedback.pushInfo(self.tr(
-            f"RMSE {results[self.RMSE_PX]:.3f} px on {results[self.N_INLIERS]:.0f} inliers of "
+            f"RMSE {results[self.RMSE_PX]:.3f} px ({rmse_kind}); {results[self.N_INLIERS]:.0f} inliers of "
             f"{results[self.N_TIEPOINTS]:.0f} tie points."))
         second = report.get("second_opinion") or {}
         results[self.DESCRIPTOR] = str(report.get("descriptor") or "") + (" (second opinion)" if second.get("used")

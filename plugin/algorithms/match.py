@@ -31,8 +31,8 @@ class MatchAlgorithm(HSSCLAlgorithm):
     _HELP = (
         "Finds tie points between a reference and a target raster of any modality, without resampling "
         "anything. The tie points are filtered with the chosen transform model: the 'inlier' field tells "
-        "which ones agree with it, 'residual_px' how far each is from it.<br><br>"
-        "Review them on the map, delete or deselect bad ones, then run <i>Apply tie points to a raster</i>."
+        "which ones agree with it, 'residual_px' how far each is from it.\n\n"
+        "Review them on the map, delete or deselect bad ones, then run 'Apply tie points to a raster'."
     )
 
     def name(self) -> str:
@@ -55,9 +55,11 @@ class MatchAlgorithm(HSSCLAlgorithm):
         self.addParameter(_help(QgsProcessingParameterVectorDestination(
             self.MATCHES, self.tr("Match lines"), VECTOR_LINE, optional=True,
             createByDefault=True),
-            "Lines from each tie point's reference position to its target position."))
+            "Lines from where each tie point lies in the uncorrected target to its reference position "
+            "(the direction of the correction)."))
         self.addOutput(QgsProcessingOutputFile(self.CORRECTION, self.tr("Correction (JSON)")))
-        self.addOutput(QgsProcessingOutputNumber(self.RMSE_PX, self.tr("RMSE of the inliers (pixels)")))
+        self.addOutput(QgsProcessingOutputNumber(self.RMSE_PX, self.tr(
+            "RMSE on the check points (reference pixels; of the fit when there are no check points)")))
         self.addOutput(QgsProcessingOutputNumber(self.N_TIEPOINTS, self.tr("Number of tie points")))
         self.addOutput(QgsProcessingOutputNumber(self.N_INLIERS, self.tr("Number of inliers")))
 
@@ -79,6 +81,8 @@ class MatchAlgorithm(HSSCLAlgorithm):
                 ties, correction = write_estimate(estimate, folder)
             if feedback.isCanceled():
                 raise QgsProcessingException(self.tr("Cancelled: no output was written."))
+            self.style_on_load(out_ties, "tiepoints")
+            self.style_on_load(out_matches, "matches")
             results[self.TIEPOINTS] = deliver_vector(ties, "tiepoints", out_ties)
             if out_matches:
                 results[self.MATCHES] = deliver_vector(ties, "matches", out_matches)

@@ -205,7 +205,8 @@ def installed_profile(tmp_path_factory):
         assert all(n.startswith("hsscl/") for n in names)
         assert not any("/tests/" in n or n.startswith("hsscl/bench/") or n.startswith("hsscl/scripts/")
                        or "__pycache__" in n or n.startswith("hsscl/.") for n in names), names
-        for needed in ("hsscl/__init__.py", "hsscl/metadata.txt", "hsscl/plugin/main.py", "hsscl/ui/dock.ui",
+        for needed in ("hsscl/__init__.py", "hsscl/metadata.txt", "hsscl/LICENSE", "hsscl/plugin/main.py",
+                       "hsscl/ui/dock.ui",
                        "hsscl/resources/icon.svg", "hsscl/resources/styles/tiepoints.qml",
                        "hsscl/resources/models/coregister_keep_inliers.model3"):
             assert needed in names, needed
@@ -229,6 +230,8 @@ def test_packaged_plugin_loads_in_qgis_process(installed_profile):
     out = subprocess.run([QGIS_PROCESS, "help", "hsscl:coregister"], env=env, capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and "REFERENCE" in out.stdout and "TRANSFORM" in out.stdout
+    for tag in ("<br", "<b>", "<i>", "<p>", "</"):
+        assert tag not in out.stdout, tag
 
 
 @pytest.mark.slow
@@ -246,3 +249,92 @@ def test_qgis_process_run(installed_profile, s1s2_pair, tmp_path):
     _valid_raster(results["OUTPUT"], like=tgt)
     _tiepoints(results["TIEPOINTS"])
     assert results["N_TIEPOINTS"] >= 3
+
+
+# ---- issue 18: Processing polish ------------------------------------------------------------------------------
+def test_apply_refuses_a_line_layer(provider, fake_pipeline, s1s2_pair, tmp_path):
+    """The match lines carry the tie point fields too; hsscl:apply takes only the point layer."""
+    import processing
+    from qgis.core import QgsProcessingException
+
+    ref, tgt = s1s2_pair
+    res = processing.run("hsscl:match", {"REFERENCE": ref, "TARGET": tgt, "TRANSFORM": 1,
+                                         "TIEPOINTS": str(tmp_path / "ties.gpkg"),
+                                         "MATCHES": str(tmp_path / "lines.gpkg")})
+    with pytest.raises(QgsProcessingException, match="point layer"):
+        processing.run("hsscl:apply", {"TIEPOINTS": res["MATCHES"], "REFERENCE": ref, "RASTER": tgt,
+                                       "OUTPUT": str(tmp_path / "x.tif")})
+
+
+def test_progress_text_not_repeated():
+    """The warper reports the same stage text at every block: the log shows it once per change."""
+    from qgis.core import QgsProcessingFeedback
+
+    from hsscl.plugin.algorithms.base import ProgressRelay
+
+    class Log(QgsProcessingFeedback):
+        def __init__(self):
+            super().__init__()
+            self.texts: list[str] = []
+
+        def setProgressText(self, text):  # noqa: N802 (Qt name)
+            self.texts.append(text)
+
+    log = Log()
+    relay = ProgressRelay(log)
+    for i in range(94):
+        relay(i / 94, "Writing the corrected raster")
+    relay(1.0, "done")
+    assert log.texts == ["Writing the corrected raster", "done"]
+    assert log.progress() == 100
+
+
+def test_help_is_plain_text(provider):
+    """qgis_process prints the help as it is: no HTML tags; the dialog turns its line breaks into paragraphs."""
+    import re
+
+    from qgis.core import QgsApplication
+
+    for alg_id in ("hsscl:coregister", "hsscl:match", "hsscl:apply"):
+        alg = QgsApplication.processingRegistry().algorithmById(alg_id)
+        texts = [alg.shortHelpString()] + [p.help() for p in alg.parameterDefinitions()] + \
+            [o.description() for o in alg.outputDefinitions()]
+        assert not [t for t in texts if re.search(r"</?[a-z]+[^>]*>", t)], alg_id
+    coregister = QgsApplication.processingRegistry().algorithmById("hsscl:coregister")
+    assert "check point" in coregister.outputDefinition("RMSE_PX").description()
+    assert "uncorrected target" in coregister.parameterDefinition("MATCHES").help()
+
+
+def test_outputs_styled_when_processing_loads_them(provider, fake_pipeline, s1s2_pair, tmp_path, project):
+    """Outputs that Processing loads (dialog, batch, models) get the bundled styles through the post-processor."""
+    import processing
+    from qgis.core import QgsProcessingOutputLayerDefinition, QgsRuleBasedRenderer
+
+    ref, tgt = s1s2_pair
+    context = QgsProcessingContext()
+    context.setProject(QgsProject.instance())
+    outputs = {}
+    for key in ("OUTPUT", "TIEPOINTS", "MATCHES"):
+        definition = QgsProcessingOutputLayerDefinition(str(tmp_path / f"{key.lower()}.{'tif' if key == 'OUTPUT' else 'gpkg'}"),
+                                                        QgsProject.instance())
+        outputs[key] = definition
+    processing.run("hsscl:coregister", {"REFERENCE": ref, "TARGET": tgt, **outputs}, context=context)
+    details = {path: context.layerToLoadOnCompletionDetails(path) for path in context.layersToLoadOnCompletion()}
+    posts = {os.path.basename(path): d.postProcessor() for path, d in details.items()}
+    assert posts["tiepoints.gpkg"] is not None and posts["matches.gpkg"] is not None
+    layer = QgsVectorLayer(str(tmp_path / "tiepoints.gpkg"), "t", "ogr")
+    posts["tiepoints.gpkg"].postProcessLayer(layer, context, None)
+    assert isinstance(layer.renderer(), QgsRuleBasedRenderer)
+
+
+def test_html_report_names_the_users_files(provider, fake_pipeline, s1s2_pair, tmp_path):
+    import processing
+
+    ref, tgt = s1s2_pair
+    res = processing.run("hsscl:coregister", {
+        "REFERENCE": ref, "TARGET": tgt, "OUTPUT": str(tmp_path / "co.tif"),
+        "TIEPOINTS": str(tmp_path / "ties.gpkg"), "REPORT": str(tmp_path / "report.html")})
+    text = open(res["REPORT"], encoding="utf-8").read()
+    assert str(tmp_path / "co.tif") in text and str(tmp_path / "ties.gpkg") in text
+    assert "hsscl_" not in text.split("All details")[0]  # no work-folder path before the folded details
+    assert text.index("RMSE") < text.index("Before / after") < text.index("All details")
