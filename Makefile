@@ -51,3 +51,7 @@ train-ablation-da: train-cache
 	$(PY) -m hsscl.engine.cli train configs/hsscl_tm_cpu_nocoral.json --out out/ablation_nocoral --threads 2
 
 include bench/bench.mk
+
+# issue 18: the packaged zip in a clean QGIS profile: enable, list, help, run; asserts the release bar
+check-plugin: setup
+	bash scripts/check_plugin.sh
