@@ -30,6 +30,27 @@ SEED = 20240604
 MAX_SHIFT, MAX_ROT, MAX_SCALE = 40.0, 4.0, 0.05
 SHIFT_CAP_FRACTION = 0.15   # small patches (100-256 px): shift at most 15 % of the smaller side
 
+
+@dataclass(frozen=True)
+class Draws:
+    """The ranges a case set draws its misregistrations from. The dev and held-out sets use ``DEV_DRAWS`` (the
+    constants above, no distortion); the strong sets (``bench/strong.py``) wider ones plus a smooth local
+    distortion of up to ``max_distortion`` px (``truth.Distortion``)."""
+    max_shift: float = MAX_SHIFT
+    max_rot: float = MAX_ROT
+    max_scale: float = MAX_SCALE
+    shift_cap_fraction: float = SHIFT_CAP_FRACTION
+    max_distortion: float = 0.0
+
+    def key(self) -> dict | None:
+        """What a cached case records of its ranges (None for the dev ranges: their case.json stays as it was)."""
+        from dataclasses import asdict
+
+        return None if self == Draws() else asdict(self)
+
+
+DEV_DRAWS = Draws()
+
 # How exact a case's ground truth is, decided per source from what its authors document (not from any tool's
 # result): SUBPIXEL = the bands of one Sentinel-2 product on its own grids, and SRIF's validated affines (0.15 px
 # rms per axis left once their convention was established: ``_g_srif``); APPROXIMATE = the rest, whose truths
@@ -333,13 +354,18 @@ def sources() -> list[Source]:
 
 # ---- case generation -------------------------------------------------------------------------------------
 
-def draw_transform(case_id: str, width: int, height: int, seed: int = SEED) -> dict:
+def draw_transform(case_id: str, width: int, height: int, seed: int = SEED, draws: Draws = DEV_DRAWS) -> dict:
+    """The similarity's parameters (and, when ``draws.max_distortion`` > 0, a ``distortion`` field drawn after
+    them from the same generator, so the similarity draws do not depend on it)."""
     rng = np.random.default_rng([seed, zlib.crc32(case_id.encode())])
-    cap = min(MAX_SHIFT, SHIFT_CAP_FRACTION * min(width, height))
+    cap = min(draws.max_shift, draws.shift_cap_fraction * min(width, height))
     r, a = cap * np.sqrt(rng.uniform()), rng.uniform(0, 2 * np.pi)
-    return {"dx": float(r * np.cos(a)), "dy": float(r * np.sin(a)),
-            "rot_deg": float(rng.uniform(-MAX_ROT, MAX_ROT)),
-            "scale": float(1 + rng.uniform(-MAX_SCALE, MAX_SCALE))}
+    out = {"dx": float(r * np.cos(a)), "dy": float(r * np.sin(a)),
+           "rot_deg": float(rng.uniform(-draws.max_rot, draws.max_rot)),
+           "scale": float(1 + rng.uniform(-draws.max_scale, draws.max_scale))}
+    if draws.max_distortion > 0:
+        out["distortion"] = T.Distortion.draw(rng, width, height, draws.max_distortion).to_json()
+    return out
 
 
 def _resample(img: np.ndarray, P: np.ndarray) -> np.ndarray:
@@ -397,8 +423,14 @@ def _write(path: Path, data: np.ndarray, gdal_type: int, gt: tuple | None, crs: 
     ds = None
 
 
-def build_case(src: Source, out_root: Path = CASES_DIR, seed: int = SEED, force: bool = False) -> dict:
-    """Write one case folder and return its description (case.json)."""
+def build_case(src: Source, out_root: Path = CASES_DIR, seed: int = SEED, force: bool = False,
+               draws: Draws = DEV_DRAWS) -> dict:
+    """Write one case folder and return its description (case.json).
+
+    With a distortion (``draws.max_distortion`` > 0) the true mapping is ``M(p) + d(p)`` (``truth.Mapping``):
+    the target is resampled through it, the truth raster holds it at every target pixel centre, and the overlap
+    and the initial RMSE use its numerical inverse / forward map. ``M_target_to_reference`` is then the
+    similarity part only; ``transform.distortion`` holds the field."""
     d = out_root / src.name
     meta_path = d / "case.json"
     ref, tgt = src.ref(), src.tgt()
@@ -406,7 +438,7 @@ def build_case(src: Source, out_root: Path = CASES_DIR, seed: int = SEED, force:
     if meta_path.exists() and not force:
         meta = json.loads(meta_path.read_text())
         # a cached case stands only while its seed and its ground truth are those of this code
-        if meta.get("seed") == seed and np.allclose(meta.get("G_reference_to_source_target", np.nan), G,
+        if meta.get("seed") == seed and meta.get("draws") == draws.key() and np.allclose(meta.get("G_reference_to_source_target", np.nan), G,
                                                     rtol=0, atol=1e-9):
             return {**meta, "gt_note": src.gt_note, "gt_class": src.gt_class}  # descriptions: no rebuild
     d.mkdir(parents=True, exist_ok=True)
@@ -416,17 +448,26 @@ def build_case(src: Source, out_root: Path = CASES_DIR, seed: int = SEED, force:
             raise ValueError(f"{src.name}: the {what} holds no data (empty or constant)")
     H, W = ref.shape
     georef = ref.gt is not None and ref.crs is not None
-    prm = draw_transform(src.name, W, H, seed)
-    M = T.similarity(W, H, **prm)                      # target px -> reference px
-    P = T.apply_h(G @ M, T.pixel_centres(W, H)).T.reshape(2, H, W)
+    prm = draw_transform(src.name, W, H, seed, draws)
+    M = T.similarity(W, H, **{k: v for k, v in prm.items() if k != "distortion"})   # target px -> reference px
+    mapping = T.Mapping(M, T.Distortion.from_json(prm.get("distortion")))
+    if mapping.distortion is None:
+        P = T.apply_h(G @ M, T.pixel_centres(W, H)).T.reshape(2, H, W)
+    else:
+        P = T.apply_h(G, mapping.forward(T.pixel_centres(W, H))).T.reshape(2, H, W)
     target = _resample(tgt.data, P)
     tvalid = np.isfinite(target).all(axis=0)
     ext = ".tif" if georef else ".png"
     ref_path, tgt_path = d / f"reference{ext}", d / f"target{ext}"
     _write(ref_path, ref.data, ref.gdal_type, ref.gt, ref.crs)
     _write(tgt_path, target, tgt.gdal_type, ref.gt if georef else None, ref.crs if georef else None)
-    T.write_truth(str(d / "truth.tif"), M, W, H, ref.gt if georef else None, ref.crs if georef else None)
-    mask = T.eval_mask(M, tvalid, W, H)
+    if mapping.distortion is None:
+        T.write_truth(str(d / "truth.tif"), M, W, H, ref.gt if georef else None, ref.crs if georef else None)
+        mask = T.eval_mask(M, tvalid, W, H)
+    else:
+        T.write_truth_array(str(d / "truth.tif"), mapping.truth_array(W, H), ref.gt if georef else None,
+                            ref.crs if georef else None)
+        mask = T.eval_mask_mapping(mapping, tvalid, W, H)
     np.save(d / "eval_mask.npy", mask)
     meta = {
         "id": src.name, "family": src.family, "origin": src.origin, "gt_note": src.gt_note, "gt_class": src.gt_class,
@@ -434,9 +475,12 @@ def build_case(src: Source, out_root: Path = CASES_DIR, seed: int = SEED, force:
         "georeferenced": georef, "width": W, "height": H, "reference": str(ref_path), "target": str(tgt_path),
         "truth": str(d / "truth.tif"), "eval_mask": str(d / "eval_mask.npy"), "transform": prm,
         "M_target_to_reference": M.tolist(), "G_reference_to_source_target": G.tolist(),
-        "initial_rmse": T.identity_rmse(M, mask),
+        "initial_rmse": T.identity_rmse(M, mask) if mapping.distortion is None else
+        T.identity_rmse_mapping(mapping, mask),
         "overlap_px": int(mask.sum()), "quick": src.quick,
     }
+    if draws.key() is not None:
+        meta["draws"] = draws.key()
     meta_path.write_text(json.dumps(meta, indent=1))
     return meta
 

@@ -1,6 +1,6 @@
 """`make bench`: our engine and the tools users would pick instead, on the same cases, in one run.
 
-    .venv/bin/python -m bench.run [--set dev|heldout] [--quick] [--tools a,b] [--families f,g] [--cases substr,...]
+    .venv/bin/python -m bench.run [--set dev|heldout|strong|heldout-strong] [--quick] [--tools a,b] [--families f,g] [--cases substr,...]
                                   [--out docs/benchmarks.md] [--timeout 120] [--jobs 2 --threads 1]
 
 Each tool runs per case in its own subprocess with a time limit; wall time (including interpreter start
@@ -13,6 +13,8 @@ independently of what the tool reports (see ``bench/truth.py``).
 
 ``--set heldout`` runs the held-out cases instead (``bench/heldout.py``: pairs no dev case uses, their own
 seed, case folders in ``.bench/cases_heldout``); the default ``dev`` is the 50 cases we tune on.
+``--set strong`` / ``--set heldout-strong`` are the same sources with a stronger misregistration (shift up to 80 px,
+±10°, ±10 %, a smooth local distortion up to 3 px; ``bench/strong.py``), in case folders of their own.
 """
 from __future__ import annotations
 
@@ -34,11 +36,21 @@ if __package__ in (None, ""):  # `python bench/run.py`
 
 from bench import cases as C  # noqa: E402
 from bench import heldout as HO  # noqa: E402
+from bench import strong as ST  # noqa: E402
 from bench import truth as T  # noqa: E402
 from bench.tools.registry import DEFAULT, TOOLS, thread_env  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / ".bench" / "runs"
+
+# --set NAME: (sources, seed, case folder, run folder, raw results' stem, misregistration ranges)
+SETS = {
+    "dev": (C.select, C.SEED, C.CASES_DIR, WORK, "results", C.DEV_DRAWS),
+    "heldout": (HO.select, HO.SEED, HO.CASES_DIR, WORK.with_name("runs_heldout"), "results_heldout", C.DEV_DRAWS),
+    "strong": (ST.select, ST.SEED, ST.CASES_DIR, WORK.with_name("runs_strong"), "results_strong", ST.STRONG_DRAWS),
+    "heldout-strong": (ST.select_heldout, ST.HELDOUT_SEED, ST.HELDOUT_CASES_DIR,
+                       WORK.with_name("runs_heldout_strong"), "results_heldout_strong", ST.STRONG_DRAWS),
+}
 
 
 def run_timed(cmds: list[list[str]], timeout: float, env: dict, log: Path) -> dict:
@@ -95,12 +107,13 @@ def warp_floor(case: dict, wd: Path, env: dict) -> float:
 def evaluate(case: dict, res: dict) -> dict:
     """Score a tool's output on the truth raster; tie points -> correct matches / precision at 3 px."""
     W, H = case["width"], case["height"]
-    M = np.array(case["M_target_to_reference"])
     mask = np.load(case["eval_mask"])
     out: dict = {}
     if res.get("ref_xy") is not None and len(res.get("ref_xy") or []) > 0:
-        n_ok, prec = T.match_quality(M, res["ref_xy"], res["tgt_xy"], 3.0)
+        n_ok, prec = T.match_quality(T.case_mapping(case).forward, res["ref_xy"], res["tgt_xy"], 3.0)
         out.update(matches=len(res["ref_xy"]), correct3=n_ok, precision3=prec)
+    # refused: the tool gave no answer (said no, crashed, timed out); an answer it gave is scored, however far off
+    out["refused"] = not res.get("ok", False)
     if not res.get("ok", False):
         out.update(failed=True, reason=res.get("error", "failed"), rmse=float("inf"))
         return out
@@ -129,6 +142,18 @@ def evaluate(case: dict, res: dict) -> dict:
     out.update(rmse=s.rmse, mean_err=s.mean_err, max_err=s.max_err, coverage=s.coverage, failed=s.failed,
                reason=s.reason, warp=how)
     return out
+
+
+def decision_fields(res: dict) -> dict:
+    """Our engine's calibrated confidence and decision (report.json, issue A), when its report carries them;
+    None where it does not (engines before issue A, peers)."""
+    rep = res.get("report") or {}
+    dec = rep.get("decision") if isinstance(rep.get("decision"), dict) else {}
+    conf = rep.get("confidence")
+    return {"confidence": float(conf) if isinstance(conf, (int, float)) else None,
+            "accepted": dec.get("accepted"), "low_confidence": dec.get("low_confidence"),
+            "verifier_changed": dec.get("verifier_changed"), "chosen": dec.get("chosen"),
+            "threshold": dec.get("threshold")}
 
 
 def engine_version() -> str:
@@ -164,8 +189,9 @@ def machine() -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--set", dest="case_set", choices=("dev", "heldout"), default="dev",
-                    help="dev: the 50 cases we tune on (default); heldout: disjoint pairs (bench/heldout.py)")
+    ap.add_argument("--set", dest="case_set", choices=tuple(SETS), default="dev",
+                    help="dev: the 50 cases we tune on (default); heldout: disjoint pairs (bench/heldout.py); "
+                         "strong / heldout-strong: the same sources, misregistered further (bench/strong.py)")
     ap.add_argument("--quick", action="store_true", help="about 15 cases (a few per family)")
     ap.add_argument("--tools", default=",".join(DEFAULT), help=f"comma list of {', '.join(TOOLS)}")
     ap.add_argument("--families", default="", help="comma list of families (default: all)")
@@ -175,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plot", default="docs/img/bench_cdf.png")
     ap.add_argument("--timeout", type=float, default=120.0, help="seconds per tool and case")
     ap.add_argument("--seed", type=int, default=None,
-                    help=f"misregistration draws (default: {C.SEED} dev, {HO.SEED} heldout)")
+                    help=f"misregistration draws (default: {C.SEED} dev, {HO.SEED} heldout, {ST.SEED} strong, "
+                         f"{ST.HELDOUT_SEED} heldout-strong)")
     ap.add_argument("--jobs", type=int, default=2, help="cases run at once (default 2)")
     ap.add_argument("--threads", type=int, default=1, help="threads per tool, the same for all (default 1)")
     a = ap.parse_args(argv)
@@ -185,12 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in names if t not in TOOLS]
     if unknown:
         ap.error(f"unknown tools {unknown}; known: {list(TOOLS)}")
-    heldout = a.case_set == "heldout"
+    select, seed, cases_dir, work, raw_stem, draws = SETS[a.case_set]
     if a.seed is None:
-        a.seed = HO.SEED if heldout else C.SEED
-    cases_dir, work = (HO.CASES_DIR, WORK.with_name("runs_heldout")) if heldout else (C.CASES_DIR, WORK)
-    srcs = (HO.select if heldout else C.select)(a.quick, [f for f in a.families.split(",") if f] or None,
-                    [c for c in a.cases.split(",") if c] or None)
+        a.seed = seed
+    srcs = select(a.quick, [f for f in a.families.split(",") if f] or None,
+                  [c for c in a.cases.split(",") if c] or None)
     if not srcs:
         print("[bench] no cases: is shared/data there? (set HSSCL_BENCH_DATA)", file=sys.stderr)
         return 2
@@ -198,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = []
     for s in srcs:
         try:
-            case = C.build_case(s, out_root=cases_dir, seed=a.seed)
+            case = C.build_case(s, out_root=cases_dir, seed=a.seed, draws=draws)
         except (ValueError, OSError, RuntimeError) as e:
             print(f"[bench] case {s.name} skipped: {e}", flush=True)
             continue
@@ -245,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                 tail = [ln for ln in (wd / "log.txt").read_text(errors="replace").splitlines() if ln.strip()][-1:] \
                     if (wd / "log.txt").exists() else []
                 res["error"] = f"exit code {t['rc']}" + (f": {tail[0].strip()[:200]}" if tail else "")
-            ev = evaluate(case, res)
+            ev = {**evaluate(case, res), **decision_fields(res)}
             row = {"case": case["id"], "family": case["family"], "origin": case["origin"],
                    "gt_class": case.get("gt_class", C.APPROXIMATE), "gt_note": case.get("gt_note", ""),
                    "georeferenced": case["georeferenced"], "size": f"{case['width']}x{case['height']}",
@@ -267,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
     total = time.perf_counter() - t_start
-    raw = ROOT / ".bench" / (("results_heldout" if heldout else "results") + ("_quick" if a.quick else "") + ".json")
+    raw = ROOT / ".bench" / (raw_stem + ("_quick" if a.quick else "") + ".json")
     info = {"set": a.case_set,
             "sources": sorted({s.origin for s in srcs if any(c["id"] == s.name for c in cases)}), "machine": machine(), "quick": a.quick, "seed": a.seed, "n_cases": len(cases), "tools": names,
             "jobs": a.jobs, "threads": a.threads, "engine": engine_version(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
