@@ -9,6 +9,7 @@ from qgis.core import (
     Qgis,
     QgsApplication,
     QgsCoordinateReferenceSystem,
+    QgsMapLayer,
     QgsProcessing,
     QgsProcessingAlgRunnerTask,
     QgsProcessingContext,
@@ -17,16 +18,17 @@ from qgis.core import (
     QgsProject,
     QgsRectangle,
 )
-from qgis.gui import QgsDockWidget, QgsFileWidget
+from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMessageBarItem
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import pyqtSignal, pyqtSlot
-from qgis.PyQt.QtWidgets import QApplication
+from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal, pyqtSlot
+from qgis.PyQt.QtGui import QDesktopServices
+from qgis.PyQt.QtWidgets import QApplication, QCheckBox, QComboBox, QPushButton
 
 from . import deps
-from .algorithms.base import DEVICES, GRIDS, TRANSFORMS
+from .algorithms.base import DEVICES, GRIDS, MODALITIES, TRANSFORMS
 from .compat import POINT_LAYERS, RASTER_LAYERS
-from .hints import hint_text
-from .layers import add_raster, add_results
+from .hints import guess_modality, hint_text
+from .layers import add_raster, add_results, set_visible
 from .settings import PluginSettings
 
 if TYPE_CHECKING:
@@ -38,11 +40,17 @@ TITLE = "HSSCL Co-register"
 
 
 class RecordingFeedback(QgsProcessingFeedback):
-    """Feedback that remembers reported errors (QgsProcessingAlgRunnerTask reports the exception there)."""
+    """Feedback that remembers reported errors (QgsProcessingAlgRunnerTask reports the exception there) and the
+    current stage text (read by the dock's status line; written from the worker thread, a plain str)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.errors: list[str] = []
+        self.stage = ""
+
+    def setProgressText(self, text: str) -> None:  # noqa: N802 (Qt name)
+        self.stage = text
+        super().setProgressText(text)
 
     def reportError(self, error: str, fatalError: bool = False) -> None:  # noqa: N802, N803
         self.errors.append(error)
@@ -67,6 +75,18 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         self.extent_tool: MatchExtentTool | None = None
         self.last_results: dict = {}
         self.last_layers: dict = {}
+        self.last_target: QgsMapLayer | None = None
+        self.report_path = ""
+        self.install_dialog = None
+        self.residuals = None  # the residual table dock (plugin/residuals.py), created on first results
+
+        for combo in (self.referenceModalityCombo, self.targetModalityCombo):
+            for value, label in MODALITIES:
+                combo.addItem(label.split(" (")[0], value)
+        self.graphCheck = QCheckBox("Refine matches with the match graph (optional)", self)
+        self.graphCheck.setObjectName("graphCheck")
+        row, _role = self.optionsLayout.getWidgetPosition(self.adaptCheck)
+        self.optionsLayout.insertRow(row + 1, self.graphCheck)
 
         for combo in (self.referenceCombo, self.targetCombo, self.applyRasterCombo):
             combo.setFilters(RASTER_LAYERS)
@@ -74,8 +94,14 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         self.tiePointsCombo.setAllowEmptyLayer(True)
         for combo, pairs in ((self.transformCombo, TRANSFORMS), (self.gridCombo, GRIDS),
                              (self.deviceCombo, DEVICES), (self.defaultDeviceCombo, DEVICES)):
-            for value, label in pairs:
-                combo.addItem(label, value)
+            for value, label in pairs:  # short text (fits a 350 px dock), the whole label as tooltip
+                combo.addItem(label.split(" (")[0], value)
+                combo.setItemData(combo.count() - 1, label, Qt.ItemDataRole.ToolTipRole)
+        for combo in (self.referenceCombo, self.targetCombo, self.applyRasterCombo, self.tiePointsCombo,
+                      self.transformCombo, self.gridCombo, self.deviceCombo, self.defaultDeviceCombo,
+                      self.referenceModalityCombo, self.targetModalityCombo):
+            combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            combo.setMinimumContentsLength(8)
         self.outputFolder.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.outputFolder.lineEdit().setPlaceholderText("temporary folder")
         self.weightsWidget.setFilter("Weights (*.safetensors)")
@@ -91,10 +117,14 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         self.drawExtentButton.toggled.connect(self._draw_extent)
         self.clearExtentButton.clicked.connect(self.clear_extent)
         self.copyCommandButton.clicked.connect(self._copy_command)
+        self.installButton.clicked.connect(self.show_install_dialog)
+        self.compareButton.toggled.connect(self.show_original)
+        QgsProject.instance().layersAdded.connect(self._choose_defaults)
         self.defaultDeviceCombo.currentIndexChanged.connect(self._save_settings)
         self.threadsSpin.valueChanged.connect(self._save_settings)
         self.weightsWidget.fileChanged.connect(self._save_settings)
 
+        self._choose_defaults()
         self._default_apply_raster()
         self._update_hints()
         self.update_dependency_state()
@@ -106,11 +136,52 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         self.dependencies = status
         self.depsFrame.setVisible(not status.ok)
         self.depsLabel.setText(status.message)
-        self.depsCommand.setText(status.install_command)
+        self.depsCommand.setPlainText(status.install_command)
         self.depsCommand.setVisible(bool(status.install_command))
         self.copyCommandButton.setVisible(bool(status.install_command))
+        self.installButton.setVisible(bool(status.install_command))
+        graph_ok = not status.graph_note
+        self.graphCheck.setEnabled(graph_ok)
+        if not graph_ok:
+            self.graphCheck.setChecked(False)
+        self.graphCheck.setToolTip("Prune and refine the tie points with the match graph network before the fit "
+                                   "(no clear gain measured yet)." if graph_ok else status.graph_note)
         self._set_running(self.is_running())
         return status
+
+    def show_install_dialog(self):
+        """The install dialog (pip in a background task); the panel re-checks the packages when it ends."""
+        from .install import InstallDialog
+
+        if self.install_dialog is None:
+            self.install_dialog = InstallDialog(self.dependencies if hasattr(self, "dependencies")
+                                                else deps.check(), parent=self)
+            self.install_dialog.finished_install.connect(lambda _ok: self.update_dependency_state())
+        self.install_dialog.show()
+        self.install_dialog.raise_()
+        return self.install_dialog
+
+    def _choose_defaults(self, *_args) -> None:
+        """Reference and target different, chosen by modality where possible (SAR as the target, an optical or
+        multispectral raster as the reference); a choice the user made (two different layers) is kept."""
+        reference, target = self.referenceCombo.currentLayer(), self.targetCombo.currentLayer()
+        if reference is not None and target is not None and reference.id() != target.id():
+            return
+        root = QgsProject.instance().layerTreeRoot()
+        rasters = [n.layer() for n in root.findLayers()
+                   if n.layer() is not None and n.layer().type() == QgsMapLayer.LayerType.RasterLayer]
+        if len(rasters) < 2:
+            return
+        kinds = {layer.id(): guess_modality(layer)[0] for layer in rasters}
+        sar = [layer for layer in rasters if kinds[layer.id()] == "sar"]
+        other = [layer for layer in rasters if kinds[layer.id()] != "sar"]
+        if sar and other:
+            reference, target = other[0], sar[0]
+        else:
+            reference = reference or rasters[0]
+            target = next(layer for layer in rasters if layer.id() != reference.id())
+        self.referenceCombo.setLayer(reference)
+        self.targetCombo.setLayer(target)
 
     def is_running(self) -> bool:
         return self.task is not None
@@ -130,13 +201,17 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
             text, tip = hint_text(combo.currentLayer())
             label.setText(text)
             label.setToolTip(tip)
+        for combo, modality in ((self.referenceCombo, self.referenceModalityCombo),
+                                (self.targetCombo, self.targetModalityCombo)):
+            guess = guess_modality(combo.currentLayer())[0]
+            modality.setItemText(0, f"Automatic ({hint_text(combo.currentLayer())[0]}?)" if guess else "Automatic")
 
     def _default_apply_raster(self, *_args) -> None:
         if self.targetCombo.currentLayer() is not None:
             self.applyRasterCombo.setLayer(self.targetCombo.currentLayer())
 
     def _copy_command(self) -> None:
-        QApplication.clipboard().setText(self.depsCommand.text())
+        QApplication.clipboard().setText(self.depsCommand.toPlainText())
 
     # ---- settings -----------------------------------------------------------------------------------------
     def _load_settings(self) -> None:
@@ -207,6 +282,9 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         return {
             "REFERENCE": reference.id(),
             "TARGET": target.id(),
+            "REFERENCE_MODALITY": max(0, self.referenceModalityCombo.currentIndex()),
+            "TARGET_MODALITY": max(0, self.targetModalityCombo.currentIndex()),
+            "GRAPH": 1 if self.graphCheck.isChecked() else 0,
             "TRANSFORM": self.transformCombo.currentIndex(),
             "GRID": self.gridCombo.currentIndex(),
             "DEVICE": self.deviceCombo.currentIndex(),
@@ -266,6 +344,7 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         self._run_info = {
             "kind": kind,
             "reference": self.referenceCombo.currentLayer(),
+            "target": self.targetCombo.currentLayer(),
             "target_name": self.targetCombo.currentLayer().name() if self.targetCombo.currentLayer() else "",
             "raster": self.applyRasterCombo.currentLayer(),
         }
@@ -273,7 +352,8 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         self.task.executed.connect(self._on_executed)
         self.task.progressChanged.connect(self._on_progress)
         self.progressBar.setValue(0)
-        self.statusLabel.setText("Co-registering…" if kind == "coregister" else "Applying the tie points…")
+        self._run_info["title"] = "Co-registering" if kind == "coregister" else "Applying the tie points"
+        self.statusLabel.setText(self._run_info["title"] + "…")
         self._set_running(True)
         QgsApplication.taskManager().addTask(self.task)
         return True
@@ -286,6 +366,10 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
     @pyqtSlot(float)
     def _on_progress(self, value: float) -> None:
         self.progressBar.setValue(int(value))
+        stage = self.feedback.stage if self.feedback is not None else ""
+        if self.task is not None and not (self.feedback is not None and self.feedback.isCanceled()):
+            title = self._run_info.get("title", "Running")
+            self.statusLabel.setText(f"{title}: {stage} ({value:.0f} %)" if stage else f"{title}… ({value:.0f} %)")
 
     @pyqtSlot(bool, "QVariantMap")
     def _on_executed(self, ok: bool, results: dict) -> None:
@@ -320,22 +404,57 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
             if rmse is not None and rmse == rmse:
                 text += f" (RMSE {rmse:.2f} px)"
         else:
-            self.last_layers = add_results(results, info.get("reference"), info.get("target_name", ""))
+            target = info.get("target")
+            self.last_layers = add_results(results, target or info.get("reference"), info.get("target_name", ""),
+                                           hide_anchor=target is not None)
+            self.last_target = target
             if "TIEPOINTS" in self.last_layers:
                 self.tiePointsCombo.setLayer(self.last_layers["TIEPOINTS"])
             text = (f"RMSE {results.get('RMSE_PX', float('nan')):.2f} px, "
                     f"{results.get('N_TIEPOINTS', 0):.0f} tie points "
                     f"({results.get('N_INLIERS', 0):.0f} inliers)")
+            confidence = _confidence(results)
+            if confidence is not None:
+                text += f", confidence {100 * confidence:.0f} %"
             if "second opinion" in str(results.get("DESCRIPTOR", "")):
                 text += f"; descriptor {results['DESCRIPTOR']}: CFOG found no reliable alignment"
+            self.compareButton.setEnabled("OUTPUT" in self.last_layers and target is not None)
+            self.compareButton.blockSignals(True)
+            self.compareButton.setChecked(False)
+            self.compareButton.blockSignals(False)
+        self.report_path = str(results.get("REPORT") or "")
+        if self.report_path and os.path.isfile(self.report_path):
+            url = QUrl.fromLocalFile(self.report_path).toString()
+            self.reportLabel.setText(f'<a href="{url}">Open the report</a>')
+            self.reportLabel.setToolTip(self.report_path)
+        else:
+            self.reportLabel.setText("")
         self.statusLabel.setText(text)
-        self._message(text, Qgis.MessageLevel.Success)
+        self._message(text, Qgis.MessageLevel.Success, report=self.report_path)
 
-    def _message(self, text: str, level, details: str = "") -> None:
+    def show_original(self, original: bool) -> None:
+        """Before/after: show the uncorrected target (``original``) or the co-registered raster, not both."""
+        corrected = self.last_layers.get("OUTPUT")
+        if corrected is None or self.last_target is None:
+            return
+        set_visible(self.last_target, original)
+        set_visible(corrected, not original)
+        self.compareButton.setText("Show corrected" if original else "Show original")
+
+    def open_report(self) -> bool:
+        if not self.report_path:
+            return False
+        return QDesktopServices.openUrl(QUrl.fromLocalFile(self.report_path))
+
+    def _message(self, text: str, level, details: str = "", report: str = "") -> None:
         if self.iface is None:
             return
         bar = self.iface.messageBar()
-        if details:
+        if report and os.path.isfile(report):
+            button = QPushButton("Open report")
+            button.clicked.connect(self.open_report)
+            bar.pushItem(QgsMessageBarItem(TITLE, text, button, level, 15))
+        elif details:
             bar.pushMessage(TITLE, text, details, level, 0)
         else:
             bar.pushMessage(TITLE, text, level, 10 if level != Qgis.MessageLevel.Critical else 0)
@@ -356,6 +475,35 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
             self.extent_tool.remove()
             self.extent_tool.deleteLater()
             self.extent_tool = None
+        try:
+            QgsProject.instance().layersAdded.disconnect(self._choose_defaults)
+        except TypeError:
+            pass
+        if self.install_dialog is not None:
+            self.install_dialog.reject()
+            self.install_dialog.deleteLater()
+            self.install_dialog = None
+        if self.residuals is not None:
+            self.residuals.cleanup()
+            self.residuals = None
+
+
+def _confidence(results: dict) -> float | None:
+    """The engine's confidence (probability within 3 px): the CONFIDENCE output, else report.json's."""
+    value = results.get("CONFIDENCE")
+    if value is None and results.get("REPORT_JSON") and os.path.isfile(str(results["REPORT_JSON"])):
+        import json
+
+        try:
+            with open(str(results["REPORT_JSON"]), encoding="utf-8") as f:
+                value = json.load(f).get("confidence")
+        except (OSError, ValueError, AttributeError):
+            value = None
+    try:
+        value = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and 0.0 <= value <= 1.0 else None
 
 
 def _unused_path(path: str) -> str:

@@ -83,15 +83,25 @@ def add_vector(path: str, name: str, style: str, layername: str | None = None,
     return layer
 
 
-def add_results(results: dict, reference: QgsMapLayer | None, target_name: str,
-                project: QgsProject | None = None) -> dict[str, QgsMapLayer]:
-    """Add the outputs of ``hsscl:coregister`` / ``hsscl:match``: the raster right above its reference, the
-    tie points and match lines on top, each with its style."""
+def set_visible(layer: QgsMapLayer, visible: bool, project: QgsProject | None = None) -> None:
+    """Tick or untick ``layer`` in the layer tree (the map follows)."""
+    node = (project or QgsProject.instance()).layerTreeRoot().findLayer(layer.id())
+    if node is not None:
+        node.setItemVisibilityChecked(visible)
+
+
+def add_results(results: dict, anchor: QgsMapLayer | None, target_name: str,
+                project: QgsProject | None = None, hide_anchor: bool = False) -> dict[str, QgsMapLayer]:
+    """Add the outputs of ``hsscl:coregister`` / ``hsscl:match``: the raster right above ``anchor`` (the
+    original target: the map then shows the corrected image; ``hide_anchor`` unticks the original), the tie
+    points and match lines on top, each with its style."""
     added: dict[str, QgsMapLayer] = {}
     if results.get("OUTPUT"):
-        layer = add_raster(results["OUTPUT"], f"{target_name} co-registered", reference, project)
+        layer = add_raster(results["OUTPUT"], f"{target_name} co-registered", anchor, project)
         if layer is not None:
             added["OUTPUT"] = layer
+            if hide_anchor and anchor is not None:
+                set_visible(anchor, False, project)
     if results.get("MATCHES"):
         layer = add_vector(results["MATCHES"], f"{target_name} match lines", "matches", "matches", project)
         if layer is not None:

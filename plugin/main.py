@@ -6,6 +6,7 @@ from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 from qgis.PyQt.QtWidgets import QAction
 
+from . import deps
 from .algorithms.base import ICON
 from .provider import HSSCLProvider
 
@@ -19,7 +20,12 @@ class HSSCLPlugin:
         self.iface = iface
         self.provider: HSSCLProvider | None = None
         self.action: QAction | None = None
+        self.install_action: QAction | None = None
+        self.toolbar = None
         self.dock = None
+        # packages installed by the plugin (Install… in the panel) live in its folder of the QGIS profile;
+        # appended to sys.path (after QGIS's own), removed again on unload
+        deps.activate()
 
     # Processing (also called by qgis_process, which never calls initGui)
     def initProcessing(self) -> None:  # noqa: N802
@@ -36,8 +42,15 @@ class HSSCLPlugin:
         self.action.setCheckable(True)
         self.action.setToolTip("Show the HSSCL Co-register panel (multimodal raster co-registration)")
         self.action.toggled.connect(self._toggle_dock)
-        self.iface.addRasterToolBarIcon(self.action)
+        # the plugin's own toolbar: the Raster toolbar is hidden in a fresh profile
+        self.toolbar = self.iface.addToolBar("HSSCL Co-register")
+        self.toolbar.setObjectName("HSSCLToolbar")
+        self.toolbar.addAction(self.action)
         self.iface.addPluginToRasterMenu(MENU, self.action)
+        self.install_action = QAction("Install Python packages…", self.iface.mainWindow())
+        self.install_action.setObjectName("hssclInstallPackages")
+        self.install_action.triggered.connect(self.show_install_dialog)
+        self.iface.addPluginToRasterMenu(MENU, self.install_action)
 
     def show_dock(self):
         """Create the dock on first use (keeps QGIS start-up light) and show it."""
@@ -51,6 +64,13 @@ class HSSCLPlugin:
         self.dock.show()
         self.dock.raise_()
         return self.dock
+
+    def show_install_dialog(self) -> None:
+        from .install import InstallDialog
+
+        InstallDialog(deps.check(), parent=self.iface.mainWindow()).exec_()
+        if self.dock is not None:
+            self.dock.update_dependency_state()
 
     def _toggle_dock(self, checked: bool) -> None:
         if checked:
@@ -71,12 +91,25 @@ class HSSCLPlugin:
             self.dock.setParent(None)
             self.dock.deleteLater()
             self.dock = None
+        if self.install_action is not None:
+            self.iface.removePluginRasterMenu(MENU, self.install_action)
+            self.install_action.deleteLater()
+            self.install_action = None
         if self.action is not None:
-            self.iface.removeRasterToolBarIcon(self.action)
             self.iface.removePluginRasterMenu(MENU, self.action)
+            if self.toolbar is not None:
+                self.toolbar.removeAction(self.action)
             self.action.setParent(None)
             self.action.deleteLater()
             self.action = None
+        if self.toolbar is not None:
+            window = self.iface.mainWindow()
+            if hasattr(window, "removeToolBar"):
+                window.removeToolBar(self.toolbar)
+            self.toolbar.setParent(None)
+            self.toolbar.deleteLater()
+            self.toolbar = None
         if self.provider is not None:
             QgsApplication.processingRegistry().removeProvider(self.provider)
             self.provider = None
+        deps.deactivate()

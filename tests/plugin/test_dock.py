@@ -55,7 +55,14 @@ def test_hints_and_choices(dock, pair_layers):
     assert params["ADAPT"] is False and params["EXTENT"] is None
 
 
-def _check_results(dock, qgis_iface, reference, ok, results):
+def _bar_texts(qgis_iface, level):
+    bar = qgis_iface.messageBar()
+    texts = list(bar.get_messages(level))
+    texts += [f"{item.title()} {item.text()}" for item in bar.items() if item.level() == level]
+    return texts
+
+
+def _check_results(dock, qgis_iface, reference, ok, results, target=None):
     from hsscl.plugin.layers import style_path
 
     assert ok, dock.statusLabel.text()
@@ -63,16 +70,19 @@ def _check_results(dock, qgis_iface, reference, ok, results):
     assert set(layers) == {"OUTPUT", "TIEPOINTS", "MATCHES"}
     for layer in layers.values():
         assert layer.isValid() and QgsProject.instance().mapLayer(layer.id()) is layer
-    # co-registered raster right above its reference
+    # co-registered raster right above the original target, which is hidden: the map shows the result
     root = QgsProject.instance().layerTreeRoot()
     order = [n.layerId() for n in root.findLayers()]
-    assert order.index(layers["OUTPUT"].id()) == order.index(reference.id()) - 1
+    target = target or dock.targetCombo.currentLayer()
+    assert order.index(layers["OUTPUT"].id()) == order.index(target.id()) - 1
+    assert not root.findLayer(target.id()).itemVisibilityChecked()
+    assert root.findLayer(layers["OUTPUT"].id()).itemVisibilityChecked()
     # bundled styles
     assert isinstance(layers["TIEPOINTS"].renderer(), QgsRuleBasedRenderer)
     assert isinstance(layers["MATCHES"].renderer(), QgsRuleBasedRenderer)
     assert os.path.isfile(style_path("tiepoints")) and os.path.isfile(style_path("matches"))
     assert dock.tiePointsCombo.currentLayer() is layers["TIEPOINTS"]
-    success = qgis_iface.messageBar().get_messages(3)  # Qgis.MessageLevel.Success
+    success = _bar_texts(qgis_iface, 3)  # Qgis.MessageLevel.Success
     assert any("RMSE" in m and "tie points" in m for m in success), success
     assert dock.progressBar.value() == 100
 
@@ -176,13 +186,18 @@ def test_dependencies_missing(qgis_iface, provider, project, monkeypatch):
     from hsscl.plugin import deps
     from hsscl.plugin.dock import HSSCLDock
 
-    monkeypatch.setattr(deps, "check", lambda: deps.DependencyStatus(("torch", "torch_geometric"),
-                                                                     "/opt/qgis/bin/python3"))
+    monkeypatch.setattr(deps, "check", lambda: deps.DependencyStatus(("torch", "cv2"), "/opt/qgis/bin/python3",
+                                                                     "/home/u/.local/share/QGIS/hsscl_packages"))
     dock = HSSCLDock(qgis_iface)
     try:
         assert not dock.depsFrame.isHidden()
         assert "torch" in dock.depsLabel.text()
-        assert dock.depsCommand.text() == '"/opt/qgis/bin/python3" -m pip install torch==2.13.0 torch-geometric'
+        command = dock.depsCommand.toPlainText()  # in full, not cut to one line
+        assert command.startswith('"/opt/qgis/bin/python3" -m pip install')
+        assert "--target /home/u/.local/share/QGIS/hsscl_packages" in command
+        assert "torch==2.13.0" in command and "opencv-python-headless" in command
+        assert "whl/cpu" in command and "torch-geometric" not in command
+        assert not dock.installButton.isHidden()
         assert not dock.runButton.isEnabled() and not dock.applyButton.isEnabled()
         assert dock.run() is False
     finally:
