@@ -77,16 +77,21 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         self.last_layers: dict = {}
         self.last_target: QgsMapLayer | None = None
         self.report_path = ""
+        self.message_texts: tuple[str, str] = ("", "")
         self.install_dialog = None
         self.residuals = None  # the residual table dock (plugin/residuals.py), created on first results
 
         for combo in (self.referenceModalityCombo, self.targetModalityCombo):
             for value, label in MODALITIES:
                 combo.addItem(label.split(" (")[0], value)
-        self.graphCheck = QCheckBox("Refine matches with the match graph (optional)", self)
+        self.graphCheck = QCheckBox("Graph refinement (optional)", self)
         self.graphCheck.setObjectName("graphCheck")
         row, _role = self.optionsLayout.getWidgetPosition(self.adaptCheck)
         self.optionsLayout.insertRow(row + 1, self.graphCheck)
+        self.adaptCheck.setToolTip("Fine-tune a copy of the descriptor network on this pair before matching "
+                                   "again; the adapted result is kept only when its evidence is better")
+        for form in (self.optionsLayout, self.reviewLayout, self.settingsLayout):  # fits a 350 px dock
+            form.setRowWrapPolicy(form.RowWrapPolicy.WrapLongRows)
 
         for combo in (self.referenceCombo, self.targetCombo, self.applyRasterCombo):
             combo.setFilters(RASTER_LAYERS)
@@ -453,7 +458,9 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         if report and os.path.isfile(report):
             button = QPushButton("Open report")
             button.clicked.connect(self.open_report)
-            bar.pushItem(QgsMessageBarItem(TITLE, text, button, level, 15))
+            item = QgsMessageBarItem(TITLE, text, button, level, 15)
+            self.message_texts = (text, button.text())  # what was shown (the item belongs to the bar)
+            bar.pushItem(item)
         elif details:
             bar.pushMessage(TITLE, text, details, level, 0)
         else:

@@ -55,13 +55,6 @@ def test_hints_and_choices(dock, pair_layers):
     assert params["ADAPT"] is False and params["EXTENT"] is None
 
 
-def _bar_texts(qgis_iface, level):
-    bar = qgis_iface.messageBar()
-    texts = list(bar.get_messages(level))
-    texts += [f"{item.title()} {item.text()}" for item in bar.items() if item.level() == level]
-    return texts
-
-
 def _check_results(dock, qgis_iface, reference, ok, results, target=None):
     from hsscl.plugin.layers import style_path
 
@@ -82,7 +75,7 @@ def _check_results(dock, qgis_iface, reference, ok, results, target=None):
     assert isinstance(layers["MATCHES"].renderer(), QgsRuleBasedRenderer)
     assert os.path.isfile(style_path("tiepoints")) and os.path.isfile(style_path("matches"))
     assert dock.tiePointsCombo.currentLayer() is layers["TIEPOINTS"]
-    success = _bar_texts(qgis_iface, 3)  # Qgis.MessageLevel.Success
+    success = qgis_iface.messageBar().get_messages(3) + [dock.message_texts[0]]  # Qgis.MessageLevel.Success
     assert any("RMSE" in m and "tie points" in m for m in success), success
     assert dock.progressBar.value() == 100
 
@@ -240,3 +233,75 @@ def test_output_names_do_not_clobber(dock, pair_layers, tmp_path):
     assert first == str(tmp_path / "S1_SAR_coregistered.tif")
     open(first, "w").close()
     assert dock.coregister_parameters()["OUTPUT"] == str(tmp_path / "S1_SAR_coregistered_2.tif")
+
+
+# ---- issue 18: a result you can see, sensible defaults ----------------------------------------------------------
+def test_defaults_pick_different_rasters_by_modality(qgis_iface, provider, project, s1s2_pair):
+    from hsscl.plugin.dock import HSSCLDock
+
+    ref, tgt = s1s2_pair
+    sar, optical = add_raster(tgt, "S1 SAR"), add_raster(ref, "S2 optical")  # SAR first in the project
+    dock = HSSCLDock(qgis_iface)
+    try:
+        assert dock.referenceCombo.currentLayer() is optical
+        assert dock.targetCombo.currentLayer() is sar
+        assert dock.referenceModalityCombo.count() == 4 and dock.targetModalityCombo.currentIndex() == 0
+        assert "SAR" in dock.targetModalityCombo.itemText(0)
+        dock.targetModalityCombo.setCurrentIndex(dock.targetModalityCombo.findData("optical"))
+        assert dock.coregister_parameters()["TARGET_MODALITY"] == 2  # the user's correction reaches Processing
+    finally:
+        dock.cleanup()
+        dock.deleteLater()
+
+
+def test_dock_fits_350_px(dock, pair_layers):
+    dock.resize(350, 900)
+    assert dock.widget().minimumSizeHint().width() <= 350
+    assert dock.gridCombo.currentText() == "Reference grid"  # short text, the whole label as tooltip
+    assert "resample" in dock.gridCombo.itemData(0, Qt.ItemDataRole.ToolTipRole)
+
+
+def test_stage_in_status_and_before_after_toggle(dock, pair_layers, fake_pipeline, qgis_iface, tmp_path):
+    reference, target = pair_layers
+    choose(dock, reference, target)
+    dock.outputFolder.setFilePath(str(tmp_path))
+    fake_pipeline.behaviour.steps, fake_pipeline.behaviour.delay = 40, 0.05
+    stages = []
+    dock.progressBar.valueChanged.connect(lambda _v: stages.append(dock.statusLabel.text()))
+    ok, results = run_and_wait(dock)
+    assert ok
+    assert any(s.startswith("Co-registering: step ") and "%" in s for s in stages), stages[:5]
+    # result above the hidden original; the toggle shows one or the other
+    root = QgsProject.instance().layerTreeRoot()
+    corrected = dock.last_layers["OUTPUT"]
+    assert dock.compareButton.isEnabled()
+    dock.compareButton.setChecked(True)
+    assert root.findLayer(target.id()).itemVisibilityChecked()
+    assert not root.findLayer(corrected.id()).itemVisibilityChecked()
+    dock.compareButton.setChecked(False)
+    assert not root.findLayer(target.id()).itemVisibilityChecked()
+    assert root.findLayer(corrected.id()).itemVisibilityChecked()
+    # the report is linked from the dock and the message bar
+    assert "Open the report" in dock.reportLabel.text() and dock.report_path == results["REPORT"]
+    text, button = dock.message_texts
+    assert "RMSE" in text and button == "Open report"
+
+
+def test_confidence_shown_when_the_report_has_it(dock, pair_layers, fake_pipeline, tmp_path, monkeypatch):
+    import json
+
+    reference, target = pair_layers
+    choose(dock, reference, target)
+    dock.outputFolder.setFilePath(str(tmp_path))
+    real = fake_pipeline.coregister
+
+    def with_confidence(*args, **kwargs):
+        res = real(*args, **kwargs)
+        res.report["confidence"] = 0.87
+        with open(res.outputs["report"], "w") as f:
+            json.dump(res.report, f)
+        return res
+
+    monkeypatch.setattr(fake_pipeline, "coregister", with_confidence)
+    ok, _ = run_and_wait(dock)
+    assert ok and "confidence 87 %" in dock.statusLabel.text()

@@ -105,3 +105,25 @@ def test_no_direct_pyqt_imports():
     offenders = [p for p in (ROOT / "plugin").rglob("*.py")
                  if "from PyQt5" in p.read_text() or "import PyQt5" in p.read_text()]
     assert not offenders
+
+
+def test_own_toolbar_and_package_folder_on_sys_path(qgis_iface, qgis_processing, tmp_path, monkeypatch):
+    """The button lives in the plugin's own toolbar (the Raster toolbar is hidden in a fresh profile); the
+    package folder of the profile is on sys.path while the plugin is loaded, and removed on unload."""
+    from qgis.PyQt.QtWidgets import QToolBar
+
+    import hsscl
+    from hsscl.plugin import deps
+
+    folder = tmp_path / "pkgs"
+    folder.mkdir()
+    monkeypatch.setenv(deps.ENV_PACKAGES, str(folder))
+    before = list(sys.path)
+    plugin = hsscl.classFactory(qgis_iface)
+    assert sys.path[-1] == str(folder) and sys.path[:-1] == before  # appended: QGIS's own packages first
+    plugin.initGui()
+    toolbar = qgis_iface.mainWindow().findChild(QToolBar, "HSSCLToolbar")
+    assert toolbar is not None and plugin.action in toolbar.actions()
+    assert plugin.install_action is not None
+    plugin.unload()
+    assert sys.path == before
