@@ -80,8 +80,9 @@ class DependencyStatus:
         names = ", ".join((*self.missing, *(f"{m} (too old)" for m in self.outdated)))
         text = f"HSSCL Co-register needs Python packages that the Python of QGIS cannot find: {names}. "
         if self.install_command:
-            text += ("Click Install… to install them into the plugin's package folder of this QGIS profile, "
-                     "or run this command in a terminal (on Windows the OSGeo4W Shell), then restart QGIS:")
+            text += ("Install them with Install… in the HSSCL panel (into the plugin's package folder of this "
+                     "QGIS profile), or run this command in a terminal (on Windows the OSGeo4W Shell), then "
+                     "restart QGIS:")
         else:
             text += "Reinstall QGIS with its GDAL Python bindings."
         return text

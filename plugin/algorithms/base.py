@@ -223,7 +223,8 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
             "experimental.")))
         self.addParameter(_advanced(_help(QgsProcessingParameterEnum(
             self.GRAPH, self.tr("Graph refinement of matches"), _labels(GRAPH_MODES), defaultValue=0),
-            "Refine tie points with the match graph (a GNN over the matches). Automatic leaves it off for now.")))
+            "Refine tie points with the match graph (a GNN over the matches). Automatic leaves it off for now."
+            + (" Not available here: " + deps.check().graph_note if deps.check().graph_note else ""))))
         self.addParameter(_help(QgsProcessingParameterExtent(
             self.EXTENT, self.tr("Restrict matching to this extent"), optional=True),
             "Only look for tie points inside this rectangle (any CRS; it is reprojected to the reference). "

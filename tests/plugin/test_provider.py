@@ -142,10 +142,11 @@ def test_missing_dependencies_block_execution(provider, monkeypatch, s1s2_pair, 
 
     from hsscl.plugin import deps
 
-    monkeypatch.setattr(deps, "check", lambda: deps.DependencyStatus(("torch", "torch_geometric"), "/usr/bin/python3"))
+    monkeypatch.setattr(deps, "check", lambda: deps.DependencyStatus(("torch",), "/usr/bin/python3", "/p/pkgs"))
     alg = QgsApplication.processingRegistry().algorithmById("hsscl:coregister")
     ok, message = alg.canExecute()
-    assert not ok and "torch" in message and '"/usr/bin/python3" -m pip install torch==2.13.0 torch-geometric' in message
+    assert not ok and "torch" in message and '"/usr/bin/python3" -m pip install' in message
+    assert "--target /p/pkgs" in message and message.endswith("torch==2.13.0")
     ref, tgt = s1s2_pair
     with pytest.raises(QgsProcessingException, match="pip install"):
         processing.run("hsscl:coregister", {"REFERENCE": ref, "TARGET": tgt, "OUTPUT": str(tmp_path / "o.tif"),
