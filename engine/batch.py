@@ -16,21 +16,27 @@ import json
 import logging
 import os
 import re
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .config import DESCRIPTORS, DEVICES, GRAPH_MODES, GRIDS, MODALITIES, TRANSFORMS, CoregConfig
-from .errors import HSSCLError, InputError
-from .io.output import atomic_path, prepare_outdir
+from .errors import FolderLockedError, HSSCLError, InputError, OutputError
+from .io.lock import FolderLock, new_run_id
+from .io.outputset import OutputSet, foreign_entries, recover, verify
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ("row", "id", "reference", "target", "status", "model", "rmse_check_px", "rmse_fit_px",
                    "inliers", "seconds", "outdir", "message")
-#: Exit status of ``hsscl batch`` when at least one pair failed (the others still ran).
+#: Exit status of ``hsscl batch`` when at least one pair failed or was not run (the others still ran).
 EXIT_PAIRS_FAILED = 1
+#: How long a batch on a Dask scheduler waits for a worker before it gives up (``--wait-workers``).
+WAIT_WORKERS_S = 120.0
 REQUIRED = ("reference", "target")
 #: Manifest column (lower case, '-' read as '_') -> (CoregConfig field, kind of value).
 OPTION_COLUMNS: dict[str, tuple[str, str]] = {
@@ -73,6 +79,8 @@ class BatchResult:
     seconds: float
     interrupted: bool = False
     note: str = ""
+    interrupted_by: str = ""       # "Ctrl-C" or "SIGTERM"
+    stopped: str = ""              # why the batch stopped early (lost scheduler, no worker), else ""
 
     def count(self, status: str) -> int:
         return sum(r["status"] == status for r in self.rows)
@@ -80,8 +88,8 @@ class BatchResult:
     @property
     def exit_code(self) -> int:
         if self.interrupted:
-            return 130
-        return EXIT_PAIRS_FAILED if self.count("failed") else 0
+            return 143 if self.interrupted_by == "SIGTERM" else 130
+        return EXIT_PAIRS_FAILED if (self.count("failed") or self.count("not run") or self.stopped) else 0
 
 
 # ------------------------------------------------------------------------------------------ manifest
@@ -254,8 +262,33 @@ def _metrics(report: dict[str, Any]) -> dict[str, Any]:
             "rmse_fit_px": r.get("fit"), "inliers": report.get("counts", {}).get("inliers")}
 
 
+class TerminatedBySignal(KeyboardInterrupt):
+    """SIGTERM, turned into an interrupt so that the batch ends as after Ctrl-C (summary written)."""
+
+
+class BatchStopped(Exception):
+    """The batch cannot go on (the Dask scheduler was lost, no worker came); the rest is 'not run'."""
+
+
+@contextmanager
+def terminate_on_sigterm() -> Iterator[None]:
+    """While the block runs (main thread only), SIGTERM raises :class:`TerminatedBySignal`; restored after."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "SIGTERM"):
+        yield
+        return
+
+    def handler(_signum, _frame):
+        raise TerminatedBySignal
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
 def run_pair(task: dict[str, Any]) -> dict[str, Any]:
-    """Co-register one pair (runs on a worker). ``task``: reference, target, outdir, config (dict).
+    """Co-register one pair (runs on a worker). ``task``: reference, target, outdir, config (dict), run_id.
 
     Never raises for a failed pair: returns ``{"status": "failed", "message": ...}`` instead.
     """
@@ -264,8 +297,11 @@ def run_pair(task: dict[str, Any]) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         config = CoregConfig(**task["config"])
-        res = pipeline.coregister(task["reference"], task["target"], task["outdir"], config)
+        kw = {"run_id": task["run_id"]} if task.get("run_id") else {}
+        res = pipeline.coregister(task["reference"], task["target"], task["outdir"], config, **kw)
         out = {"status": "ok", **_metrics(res.report), "message": ""}
+    except FolderLockedError as exc:
+        out = {"status": "failed", "message": str(exc)}
     except HSSCLError as exc:
         out = {"status": "failed", "message": f"{type(exc).__name__}: {exc}"}
     except Exception as exc:  # noqa: BLE001 - one broken pair must not stop the others
@@ -275,50 +311,92 @@ def run_pair(task: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def finished_report(folder: Path, reference: str, target: str, config: dict[str, Any]) -> dict | None:
-    """The report of a complete earlier run of the same pair and options in ``folder``, else None."""
+def _comparable(d: dict) -> dict:
+    return {k: v for k, v in json.loads(json.dumps(d, default=list)).items() if k not in ("overwrite", "threads")}
+
+
+def _same_inputs(report: dict, reference: str, target: str) -> bool:
+    return report.get("reference", {}).get("path") == reference and report.get("target", {}).get("path") == target
+
+
+def finished_report(folder: Path, reference: str, target: str, config: dict[str, Any],
+                    run_id: str | None = None) -> dict | None:
+    """The record of a complete earlier run of the same pair and options in ``folder``, else None.
+
+    Complete = its report.json verifies (every output it lists has that size and sha256). ``run_id``:
+    only a record written by that run counts.
+    """
     from .pipeline import OUTPUT_NAMES
 
-    try:
-        report = json.loads((folder / OUTPUT_NAMES["report"]).read_text())
-    except (OSError, ValueError):
+    report, problems = verify(folder, required=tuple(OUTPUT_NAMES.values()))
+    if report is None or problems:
         return None
-    if not all((folder / name).is_file() for name in OUTPUT_NAMES.values()):
+    if run_id is not None and (report.get("record") or {}).get("run_id") != run_id:
         return None
-
-    def comparable(d: dict) -> dict:
-        return {k: v for k, v in json.loads(json.dumps(d, default=list)).items() if k not in ("overwrite", "threads")}
-
-    same = (report.get("reference", {}).get("path") == reference and report.get("target", {}).get("path") == target
-            and comparable(report.get("config", {})) == comparable(config))
+    same = _same_inputs(report, reference, target) and _comparable(report.get("config", {})) == _comparable(config)
     return report if same else None
 
 
-def _clean_temporaries(folder: Path) -> None:
-    """Remove temporary files a killed run may have left (``.name.tmp-xxxx.ext``)."""
-    if folder.is_dir():
-        for p in folder.glob(".*.tmp-*"):
-            try:
-                p.unlink()
-            except OSError:
-                pass
+def _plan(row: BatchRow, folder: Path, config: CoregConfig, overwrite: bool) -> tuple[str, str, dict | None]:
+    """What to do with one row's folder: ``(action, message, report)``.
+
+    action: ``run`` (empty folder), ``redo`` (our own earlier outputs, replaced), ``skip`` (a verified run of
+    the same inputs and options) or ``refuse`` (the folder holds files this batch did not write, or another
+    run is writing into it). Takes the folder's lock for a moment to complete or remove what killed runs left.
+    """
+    from .pipeline import OUTPUT_NAMES
+
+    names = tuple(OUTPUT_NAMES.values())
+    if not folder.is_dir():
+        return "run", "", None
+    try:
+        with FolderLock(folder) as lock:
+            notes = recover(folder, lock)
+    except FolderLockedError as exc:
+        return "refuse", f"{exc}; run the batch again when it has finished", None
+    except OutputError as exc:
+        return "refuse", str(exc), None
+    if overwrite:
+        return "redo", "; ".join(notes), None
+    foreign = foreign_entries(folder, names)
+    report, problems = verify(folder, required=names)
+    if foreign:
+        shown = ", ".join(foreign[:4]) + ("..." if len(foreign) > 4 else "")
+        return "refuse", (f"{folder} already holds files this batch did not write ({shown}); move them or use "
+                          "--overwrite"), None
+    if report is None and not any((folder / n).exists() for n in names):
+        return "run", "", None
+    if report is not None and not _same_inputs(report, row.reference, row.target):
+        ref, tgt = report.get("reference", {}).get("path"), report.get("target", {}).get("path")
+        return "refuse", (f"{folder} already holds the outputs of another pair ({tgt} onto {ref}); move them or use "
+                          "--overwrite"), None
+    if problems:
+        return "redo", f"redone: its earlier outputs did not verify ({'; '.join(problems[:3])})", None
+    if _comparable(report.get("config", {})) != _comparable(config.to_dict()):  # type: ignore[union-attr]
+        return "redo", "redone: its options changed since the earlier run", None
+    return "skip", "already done (its report.json verifies: same inputs, options and outputs); --overwrite redoes it", \
+        report
 
 
 # ------------------------------------------------------------------------------------------ the batch
 
+def _one_line(value: Any) -> Any:
+    return re.sub(r"\s*[\r\n]+\s*", " ", value).strip() if isinstance(value, str) else value
+
+
 def _summary_row(row: BatchRow, outdir: Path, **values: Any) -> dict[str, Any]:
     base: dict[str, Any] = {c: "" for c in SUMMARY_COLUMNS}
     base.update(row=row.row, id=row.id, reference=row.reference, target=row.target, outdir=str(outdir / row.folder))
-    base.update({k: ("" if v is None else v) for k, v in values.items() if k in base})
+    base.update({k: ("" if v is None else _one_line(v)) for k, v in values.items() if k in base})
     return base
 
 
 def write_summary(path: Path, rows: list[dict[str, Any]]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
-            w.writeheader()
-            w.writerows(sorted(rows, key=lambda r: r["row"]))
+    """Write ``summary.csv`` at ``path`` (the caller renames it into place)."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS)
+        w.writeheader()
+        w.writerows(sorted(rows, key=lambda r: r["row"]))
 
 
 def _line(done: int, total: int, r: dict[str, Any]) -> str:
@@ -326,6 +404,8 @@ def _line(done: int, total: int, r: dict[str, Any]) -> str:
         check = r["rmse_check_px"]
         rmse = f"check RMSE {check:.3f} px" if isinstance(check, float) else f"fit RMSE {r['rmse_fit_px']} px"
         what = f"ok ({r['model']}, {rmse}, {r['inliers']} inliers, {r['seconds']} s)"
+        if r.get("message"):
+            what += f"; {r['message']}"
     elif r["status"] == "skipped":
         what = "skipped (already done)"
     else:
@@ -335,18 +415,23 @@ def _line(done: int, total: int, r: dict[str, Any]) -> str:
 
 def run_batch(manifest: str | os.PathLike, outdir: str | os.PathLike, defaults: CoregConfig | None = None,
               scheduler: str = "local", workers: int | None = None, overwrite: bool = False,
-              report: Callable[[str], None] | None = None) -> BatchResult:
+              report: Callable[[str], None] | None = None, wait_workers: float = WAIT_WORKERS_S,
+              notice: Callable[[str], None] | None = None) -> BatchResult:
     """Co-register every pair of ``manifest`` into ``outdir/<id>/`` and write ``outdir/summary.csv``.
 
     ``scheduler``: ``"local"`` (a Dask LocalCluster of ``workers`` processes, one thread each),
     ``"sync"`` (one after another in this process, no Dask) or the address of a running Dask
     scheduler (``tcp://host:port``). ``defaults`` are the options of every row (cells override them);
     with Dask, torch uses 1 thread per pair unless ``defaults.threads`` says otherwise.
-    ``report`` gets one line per finished pair. Ctrl-C cancels what has not finished; the summary
-    then lists those pairs as ``cancelled``.
+    ``report`` gets one line per finished pair, ``notice`` (default: ``report``) the other news (waiting
+    for workers, redone pairs). ``outdir`` is locked for the whole batch (:class:`FolderLockedError` if
+    another run holds it). Ctrl-C (or SIGTERM inside :func:`terminate_on_sigterm`) cancels what has not
+    finished; the summary then lists those pairs as ``cancelled``. A lost scheduler, or no worker for
+    ``wait_workers`` seconds, ends the batch with the pairs not finished as ``not run``.
     """
     t0 = time.perf_counter()
     say = report or (lambda _msg: None)
+    tell = notice or say
     defaults = defaults or CoregConfig()
     if defaults.weights:  # workers may run in another folder (or on another machine)
         defaults = defaults.replace(weights=os.path.abspath(defaults.weights))
@@ -354,7 +439,6 @@ def run_batch(manifest: str | os.PathLike, outdir: str | os.PathLike, defaults: 
     if workers is not None and workers < 1:
         raise InputError(f"--workers must be at least 1, got {workers}.", "Give a number of worker processes, e.g. 2.")
     rows = read_manifest(manifest, defaults)
-    out = prepare_outdir(outdir).resolve()
     note = ""
     if mode != "sync" and not _dask_available():
         if mode == "address":
@@ -362,51 +446,75 @@ def run_batch(manifest: str | os.PathLike, outdir: str | os.PathLike, defaults: 
                              "Install dask[distributed] (scripts/setup.sh does), or use --scheduler sync.")
         mode, note = "sync", ("note: dask is not installed, so the pairs run one after another in this process "
                               "(install dask[distributed], e.g. with scripts/setup.sh, to run them in parallel)")
-        say(note)
+        tell(note)
     if mode != "sync" and defaults.threads is None:
         defaults = defaults.replace(threads=1)
 
-    results: dict[int, dict[str, Any]] = {}
-    tasks: list[tuple[BatchRow, dict[str, Any]]] = []
-    for row in rows:
-        if row.error:
-            results[row.row] = _summary_row(row, out, status="failed", message=row.error)
-            continue
-        config = defaults.replace(**row.options)
-        folder = out / row.folder
-        done = None if overwrite else finished_report(folder, row.reference, row.target, config.to_dict())
-        if done is not None:
-            results[row.row] = _summary_row(row, out, status="skipped", **_metrics(done),
-                                            message="already done (complete outputs of the same inputs and "
-                                                    "options); --overwrite redoes it")
-            continue
-        _clean_temporaries(folder)
-        task = {"reference": row.reference, "target": row.target, "outdir": str(folder),
-                "config": config.replace(overwrite=True).to_dict()}
-        tasks.append((row, task))
-    total = len(rows)
-    for i, r in enumerate(sorted(results.values(), key=lambda r: r["row"]), start=1):
-        say(_line(i, total, r))
-    interrupted, stopped = False, ""
-    try:
-        if tasks:
-            run = _run_sync if mode == "sync" else _run_dask
-            run(tasks, out, results, lambda r: say(_line(len(results), total, r)), address, workers)
-    except KeyboardInterrupt:
-        interrupted = True
-    except BaseException as exc:
-        stopped = f"not run: the batch stopped ({exc})"
-        raise
-    finally:
-        for row, _task in tasks:
-            if row.row not in results:
-                results[row.row] = _summary_row(
-                    row, out, status="failed" if stopped else "cancelled",
-                    message=stopped or "cancelled (Ctrl-C) before it finished; run the batch again to do it")
-        summary = out / SUMMARY_NAME
-        write_summary(summary, list(results.values()))
+    with OutputSet(outdir, {"summary": SUMMARY_NAME}, overwrite=True, record=None) as summary_set:
+        out = summary_set.folder
+        results: dict[int, dict[str, Any]] = {}
+        tasks: list[tuple[BatchRow, dict[str, Any]]] = []
+        for row in rows:
+            if row.error:
+                results[row.row] = _summary_row(row, out, status="failed", message=row.error)
+                continue
+            config = defaults.replace(**row.options)
+            action, message, done = _plan(row, out / row.folder, config, overwrite)
+            if action == "skip":
+                results[row.row] = _summary_row(row, out, status="skipped", **_metrics(done or {}), message=message)
+                continue
+            if action == "refuse":
+                results[row.row] = _summary_row(row, out, status="failed", message=message)
+                continue
+            if message:
+                tell(f"{row.id}: {message}")
+            task = {"reference": row.reference, "target": row.target, "outdir": str(out / row.folder),
+                    "config": config.replace(overwrite=action == "redo").to_dict(), "run_id": new_run_id(),
+                    "note": message}
+            tasks.append((row, task))
+        total = len(rows)
+        for i, r in enumerate(sorted(results.values(), key=lambda r: r["row"]), start=1):
+            say(_line(i, total, r))
+        interrupted, stopped = "", ""
+
+        def finished(row: BatchRow, values: dict[str, Any], note: str = "") -> None:
+            if values.get("status") == "ok" and note and not values.get("message"):
+                values = {**values, "message": note}
+            results[row.row] = _summary_row(row, out, **values)
+            say(_line(len(results), total, results[row.row]))
+
+        try:
+            if tasks:
+                run = _run_sync if mode == "sync" else _run_dask
+                run(tasks, out, results, finished, address, workers, tell, wait_workers)
+        except KeyboardInterrupt as exc:
+            interrupted = "SIGTERM" if isinstance(exc, TerminatedBySignal) else "Ctrl-C"
+        except BatchStopped as exc:
+            stopped = str(exc)
+        except BaseException as exc:
+            stopped = f"the batch stopped ({exc})"
+            raise
+        finally:
+            for row, task in tasks:
+                if row.row in results:
+                    continue
+                rec = finished_report(out / row.folder, row.reference, row.target, task["config"], task["run_id"])
+                if rec is not None:  # it finished on its worker although its answer never came back
+                    results[row.row] = _summary_row(row, out, status="ok", **_metrics(rec),
+                                                    message="finished (its outputs verify against its report.json)")
+                elif interrupted:
+                    results[row.row] = _summary_row(
+                        row, out, status="cancelled",
+                        message=f"cancelled ({interrupted}) before it finished; run the batch again to do it")
+                else:
+                    results[row.row] = _summary_row(
+                        row, out, status="not run", message=f"not run: {stopped or 'the batch stopped'}; run the "
+                        "batch again to do it")
+            write_summary(Path(summary_set.temp("summary")), list(results.values()))
+            summary_set.commit()
+    summary = out / SUMMARY_NAME
     return BatchResult(sorted(results.values(), key=lambda r: r["row"]), str(summary),
-                       round(time.perf_counter() - t0, 2), interrupted, note)
+                       round(time.perf_counter() - t0, 2), bool(interrupted), note, interrupted, stopped)
 
 
 def _scheduler_mode(scheduler: str | None) -> tuple[str, str | None]:
@@ -428,16 +536,48 @@ def _dask_available() -> bool:
     return True
 
 
-def _run_sync(tasks, out, results, on_done, _address, _workers) -> None:
+def _run_sync(tasks, out, results, on_done, *_args) -> None:
     for row, task in tasks:
-        results[row.row] = _summary_row(row, out, **run_pair(task))
-        on_done(results[row.row])
+        on_done(row, run_pair(task), task.get("note", ""))
 
 
-def _run_dask(tasks, out, results, on_done, address, workers) -> None:
+def _worker_count(client) -> int:
+    try:
+        return len(client.scheduler_info().get("workers", {}))
+    except Exception:  # noqa: BLE001 - no answer: counted as none
+        return 0
+
+
+def _wait_for_workers(client, address: str, wait_s: float, tell: Callable[[str], None]) -> None:
+    """Return when a worker is connected; say so within seconds while there is none; give up after wait_s."""
+    t0, said = time.monotonic(), -1e9
+    while True:
+        try:
+            client.wait_for_workers(1, timeout=2)
+            return
+        except (TimeoutError, OSError):
+            pass
+        waited = time.monotonic() - t0
+        if waited >= wait_s:
+            raise BatchStopped(f"no Dask worker connected to the scheduler at {address} within {wait_s:.0f} s; start "
+                               f"workers ('dask worker {address} --nthreads 1') and run the same command again")
+        if waited - said >= 30:
+            tell(f"waiting for workers on {address}: {_worker_count(client)} connected (giving up after "
+                 f"{wait_s:.0f} s; --wait-workers changes this)")
+            said = waited
+
+
+def _lost(exc: BaseException | None, client) -> bool:
+    text = f"{type(exc).__name__}: {exc}" if exc is not None else ""
+    return "scheduler-connection-lost" in text or getattr(client, "status", "running") not in ("running", "newly-created")
+
+
+def _run_dask(tasks, out, results, on_done, address, workers, tell=None, wait_workers=WAIT_WORKERS_S) -> None:
     import dask
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, LocalCluster
+    from distributed.client import FutureCancelledError
 
+    tell = tell or (lambda _m: None)
     cluster = None
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         try:
@@ -446,6 +586,7 @@ def _run_dask(tasks, out, results, on_done, address, workers) -> None:
                 cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                                        memory_limit=0, silence_logs=logging.ERROR)
                 client = Client(cluster)
+                where = cluster.scheduler_address
             else:
                 try:
                     client = Client(address, timeout="15s")
@@ -453,29 +594,79 @@ def _run_dask(tasks, out, results, on_done, address, workers) -> None:
                     raise InputError(f"Cannot connect to the Dask scheduler at {address}.",
                                      "Check the address and that 'dask scheduler' and its workers run there, "
                                      "or leave --scheduler out to use a cluster on this machine.", str(exc)) from exc
+                where = address
             try:
-                by_key = {}
+                _wait_for_workers(client, where, wait_workers, tell)
+                pending = {}
                 for row, task in tasks:
                     fut = client.submit(run_pair, task, pure=False, key=f"hsscl-pair-{row.folder}-{os.urandom(4).hex()}")
-                    by_key[fut.key] = (row, fut)
+                    pending[fut.key] = (row, task, fut)
                 try:
-                    for fut in as_completed([f for _r, f in by_key.values()]):
-                        row = by_key[fut.key][0]
-                        try:
-                            values = fut.result()
-                        except Exception as exc:  # noqa: BLE001 - the worker died (memory?) or was lost
-                            values = {"status": "failed", "message": f"the worker running this pair stopped "
-                                      f"({type(exc).__name__}: {exc}); lower --workers if memory is short"}
-                        results[row.row] = _summary_row(row, out, **values)
-                        on_done(results[row.row])
+                    _collect(client, pending, on_done, where, len(tasks), wait_workers, tell, FutureCancelledError)
                 except KeyboardInterrupt:
-                    client.cancel([f for _r, f in by_key.values() if not f.done()])
+                    client.cancel([f for _r, _t, f in pending.values() if not f.done()])
+                    for row, task, fut in list(pending.values()):  # finished before the interrupt: keep them
+                        if fut.status == "finished":
+                            try:
+                                on_done(row, fut.result(timeout=2), task.get("note", ""))
+                            except Exception:  # noqa: BLE001 - its record is checked afterwards anyway
+                                pass
                     raise
             finally:
-                _quietly(client.close)
+                _quietly(lambda: client.close(timeout=5))
         finally:
             if cluster is not None:
                 _quietly(cluster.close)
+
+
+def _collect(client, pending, on_done, where, total, wait_workers, tell, cancelled_type) -> None:
+    """Hand each finished pair to ``on_done``; raise BatchStopped when the scheduler or every worker is gone."""
+    from distributed import KilledWorker
+
+    no_worker_since, said = None, -1e9
+    while pending:
+        for key, (row, task, fut) in list(pending.items()):
+            if fut.status == "finished":
+                try:
+                    values = fut.result(timeout=5)
+                except Exception as exc:  # noqa: BLE001 - lost between 'finished' and the transfer
+                    if _lost(exc, client):
+                        break
+                    values = {"status": "failed", "message": f"its result could not be fetched ({exc})"}
+            elif fut.status == "error":
+                exc = fut.exception(timeout=5)
+                if isinstance(exc, KilledWorker):
+                    values = {"status": "failed", "message": f"the worker running this pair stopped twice ({exc}); "
+                              "it may have run out of memory: lower --workers for very large rasters"}
+                else:
+                    values = {"status": "failed", "message": f"the worker running this pair failed "
+                              f"({type(exc).__name__}: {exc})"}
+            elif fut.status == "cancelled":
+                break  # we cancel only after Ctrl-C: a cancel here is the scheduler's connection lost
+            else:
+                continue
+            del pending[key]
+            on_done(row, values, task.get("note", ""))
+        if not pending:
+            return
+        if _lost(None, client) or any(f.status == "cancelled" for _r, _t, f in pending.values()):
+            done = total - len(pending)
+            raise BatchStopped(f"lost the Dask scheduler at {where} after {done} of {total} pair(s) had finished; "
+                               "start the scheduler and its workers again and run the same command to do the rest "
+                               "(finished pairs are skipped)")
+        n = _worker_count(client)
+        now = time.monotonic()
+        if n:
+            no_worker_since = None
+        else:
+            no_worker_since = no_worker_since or now
+            if now - no_worker_since >= wait_workers:
+                raise BatchStopped(f"no Dask worker has been connected to {where} for {wait_workers:.0f} s; start "
+                                   "workers and run the same command again to do the rest (finished pairs are skipped)")
+            if now - said >= 30:
+                tell(f"waiting for workers on {where}: 0 connected")
+                said = now
+        time.sleep(0.25)
 
 
 def _quietly(close: Callable[[], Any]) -> None:
@@ -486,13 +677,16 @@ def _quietly(close: Callable[[], Any]) -> None:
 
 
 def print_batch_result(res: BatchResult) -> int:
-    """Print the closing summary of ``hsscl batch``; return its exit status."""
-    counts = ", ".join(f"{res.count(s)} {s}" for s in ("ok", "failed", "skipped", "cancelled") if res.count(s))
+    """Print the closing summary of ``hsscl batch``; return its exit status. The last line says why it stopped."""
+    statuses = ("ok", "failed", "skipped", "cancelled", "not run")
+    counts = ", ".join(f"{res.count(s)} {s}" for s in statuses if res.count(s))
     print(f"Batch of {len(res.rows)} pair(s) in {res.seconds:.1f} s: {counts}. Summary: {res.summary_path}")
     for r in res.rows:
         if r["status"] == "failed":
             print(f"  failed {r['id']}: {r['message']}")
     if res.interrupted:
-        print("Interrupted: the pairs that had not finished are listed as cancelled; run the same command "
-              "again to finish them (done pairs are skipped).")
+        print(f"Interrupted ({res.interrupted_by or 'Ctrl-C'}): the pairs that had not finished are listed as "
+              "cancelled; run the same command again to finish them (done pairs are skipped).")
+    if res.stopped:
+        print(f"hsscl batch: stopped: {res.stopped}")
     return res.exit_code

@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: a Dask cluster on this machine (default); sync: one pair after another in this "
                    "process, no Dask; or the address of a running Dask scheduler, e.g. tcp://host:8786")
     b.add_argument("--workers", type=int, help="worker processes of the local cluster (default: min(CPUs, pairs))")
+    b.add_argument("--wait-workers", type=float, default=120.0, metavar="S",
+                   help="with --scheduler tcp://...: give up after S seconds without any worker (default 120)")
     _add_matching_options(b)
     from .train.cli import add_train_parser
 
@@ -165,7 +167,8 @@ def _run(ns) -> int:
 
         batch_res = run_batch(ns.manifest, ns.outdir, _config(ns, grid=ns.grid), scheduler=ns.scheduler,
                               workers=ns.workers, overwrite=ns.overwrite,
-                              report=None if ns.quiet else (lambda line: print(line, flush=True)))
+                              report=None if ns.quiet else (lambda line: print(line, flush=True)),
+                              wait_workers=ns.wait_workers, notice=lambda line: print(line, flush=True))
         return print_batch_result(batch_res)
     if ns.command == "train":
         from .train.cli import run_train
@@ -186,16 +189,24 @@ def _run(ns) -> int:
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     ns = ap.parse_args(argv)
+    from .batch import TerminatedBySignal, terminate_on_sigterm
+
     try:
-        return _run(ns)
+        with terminate_on_sigterm():  # SIGTERM ends a run like Ctrl-C: temporaries removed, summary written
+            return _run(ns)
     except HSSCLError as exc:
         if ns.debug:
             raise
         print(f"hsscl: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("hsscl: interrupted; nothing was left under the output names.", file=sys.stderr)
-        return 130
+        return 143 if isinstance(exc, TerminatedBySignal) else 130
+    except OSError as exc:  # e.g. a folder that vanished: one line, not a traceback
+        if ns.debug:
+            raise
+        print(f"hsscl: error: {exc} (run with --debug to see where)", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -46,6 +46,14 @@ class OutputExistsError(OutputError):
     """An output exists and overwriting was not asked for."""
 
 
+class DiskFullError(OutputError):
+    """The disk holding the outputs is full (or a quota / file size limit is reached); nothing was replaced."""
+
+
+class FolderLockedError(OutputError):
+    """Another run is writing into the same output folder (one writer per folder)."""
+
+
 class WeightsError(HSSCLError):
     """Model weights are missing, corrupt, or do not fit the network."""
 

@@ -10,8 +10,6 @@ Public functions:
 """
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import platform
 import time
@@ -31,7 +29,7 @@ from .device import resolve_device, set_threads
 from .errors import InputError, NotEnoughMatchesError, WeightsError
 from .fitting import fit_correction
 from .geometry.transforms import Affine
-from .io.output import atomic_path, prepare_outdir
+from .io.outputset import OutputSet, raster_bytes
 from .io.raster import (
     RasterGrid,
     Window,
@@ -294,39 +292,45 @@ def _match(R, RV, M, MV, descriptor, settings: MatchSettings, config: CoregConfi
 
 
 def coregister(reference: str | os.PathLike, target: str | os.PathLike, outdir: str | os.PathLike,
-               config: CoregConfig | None = None, monitor: Monitor | None = None) -> CoregResult:
+               config: CoregConfig | None = None, monitor: Monitor | None = None,
+               run_id: str | None = None) -> CoregResult:
     """Estimate and apply; writes coregistered.tif, tiepoints.gpkg, correction.json and report.json.
 
-    Outputs are checked before any work (existing ones are refused unless ``config.overwrite``) and each
-    is written under a temporary name and renamed when complete.
+    The four outputs are one set (``io.outputset.OutputSet``): the folder is locked for the whole run
+    (:class:`FolderLockedError` if another run holds it), outputs are checked before any work (existing
+    ones are refused unless ``config.overwrite``), the free space is checked against the expected size, all
+    are written in ``outdir/.hsscl-partial/<run id>/``, and report.json, which lists the others with their
+    size and sha256, is renamed into place last. ``run_id`` (optional) names the run in the record.
     """
     config = config or CoregConfig()
     mon = monitor or Monitor()
-    out = prepare_outdir(outdir, OUTPUT_NAMES.values(), config.overwrite)
-    with mon.stage(0.0, 0.8, "estimating the correction"):
-        est = estimate(reference, target, config, mon)
-    paths = {k: str(out / v) for k, v in OUTPUT_NAMES.items()}
-    report = dict(est.report)
-    # All four outputs are written under temporary names and renamed together once all are complete:
-    # a cancel (checked during the warp) or an error leaves nothing new under the final names, and no
-    # cancel is checked after the renames (a finished run is never reported as cancelled).
-    with contextlib.ExitStack() as stack:
-        tmp = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items()}
+    with OutputSet(outdir, OUTPUT_NAMES, overwrite=config.overwrite, record="report", run_id=run_id) as outset:
+        ref_info, tgt_info = open_raster_info(reference), open_raster_info(target)
+        out_grid = ref_info if config.grid == "reference" else tgt_info
+        outset.check_space(raster_bytes(out_grid.width, out_grid.height, tgt_info.count, tgt_info.dtypes) + (1 << 20))
+        with mon.stage(0.0, 0.8, "estimating the correction"):
+            est = estimate(reference, target, config, mon)
+        paths = outset.paths
+        report = dict(est.report)
+        # Everything is written in the run's own hidden folder; a cancel (checked during the warp) or an
+        # error leaves nothing new under the final names, and no cancel is checked after the commit (a
+        # finished run is never reported as cancelled).
         t = time.perf_counter()
         with mon.stage(0.8, 0.98, "warping (GDAL)"):
-            apply_correction(est.correction, est.report["target"]["path"], tmp["raster"], overwrite=True,
+            apply_correction(est.correction, est.report["target"]["path"], outset.temp("raster"), overwrite=True,
                              monitor=mon)
         t_warp = time.perf_counter() - t
-        write_tiepoints_gpkg(tmp["tiepoints"], est.tiepoints.as_table(), est.correction.reference,
+        write_tiepoints_gpkg(outset.temp("tiepoints"), est.tiepoints.as_table(), est.correction.reference,
                              est.correction.target)
-        est.correction.save(tmp["correction"])
+        est.correction.save(outset.temp("correction"))
         report["timings_s"] = {**report["timings_s"], "warp": round(t_warp, 3)}
         report["outputs"] = paths
-        with open(tmp["report"], "w") as f:
-            json.dump(report, f, indent=2, default=_json_default)
-        mon.check()  # last chance to cancel: after this, the outputs are moved into place
+        mon.check()  # last chance to cancel: after this, the set is committed
+        t = time.perf_counter()
+        report = outset.commit(report, json_default=_json_default) or report
+        report["timings_s"]["record"] = round(time.perf_counter() - t, 3)
     mon.finish("done")
-    return CoregResult(str(out), paths, est, report)
+    return CoregResult(str(outset.folder), paths, est, report)
 
 
 def _json_default(o: Any):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import traceback
 
 import numpy as np
 from osgeo import gdal
@@ -25,7 +26,7 @@ from osgeo import gdal
 from .correction import Correction
 from .errors import CancelledError, InputError, OutputError
 from .geometry.transforms import Affine, Polynomial, Shift, Transform
-from .io.output import atomic_path, check_output_file
+from .io.output import atomic_path, check_output_file, gdal_close_checked
 from .io.raster import RasterGrid, flip_y, open_dataset, open_raster_info, same_crs, transform_points
 from .progress import Monitor
 
@@ -297,6 +298,19 @@ def _warp(correction: Correction, ds: gdal.Dataset, out: RasterGrid, tmp: str, r
         dtype = gdal.DataTypeUnion(dtype, ds.GetRasterBand(i + 1).DataType)
     dst = gdal.GetDriverByName("GTiff").Create(tmp, out.width, out.height, ds.RasterCount, dtype,
                                                _creation_options(dtype))
+    try:
+        _warp_into(correction, ds, dst, src, options, err, out, alpha, resampling, monitor)
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)  # the frames below must not keep the dataset open
+        with gdal_close_checked(tmp, quiet=True):  # the first error is the one to report
+            dst = None
+        raise
+    with gdal_close_checked(tmp):  # a failed close (e.g. a full disk) is an error, never ignored
+        dst = None
+
+
+def _warp_into(correction: Correction, ds: gdal.Dataset, dst: gdal.Dataset, src: gdal.Dataset, options: list[str],
+               err: float, out: RasterGrid, alpha: bool, resampling: str, monitor: Monitor) -> None:
     nodata = _output_nodata(ds)
     if not alpha:
         for i, nd in enumerate(nodata):
@@ -314,7 +328,6 @@ def _warp(correction: Correction, ds: gdal.Dataset, out: RasterGrid, tmp: str, r
         dst.SetGeoTransform(flip_y(out.transform))  # place it over the reference as QGIS shows it
     _copy_band_info(ds, dst)
     dst.FlushCache()
-    dst = None
 
 
 def _regeoreference(correction: Correction, ds: gdal.Dataset, tmp: str, monitor: Monitor) -> None:
@@ -322,8 +335,11 @@ def _regeoreference(correction: Correction, ds: gdal.Dataset, tmp: str, monitor:
     vrt.SetGeoTransform(corrected_target_transform(correction))
     vrt.SetProjection(correction.target.crs_wkt or "")
     dtype = ds.GetRasterBand(1).DataType
-    _run_gdal(monitor, lambda cb: gdal.Translate(tmp, vrt, format="GTiff", creationOptions=_creation_options(dtype),
-                                                 callback=cb))
+    made: dict[str, gdal.Dataset] = {}
+    _run_gdal(monitor, lambda cb: made.setdefault("ds", gdal.Translate(
+        tmp, vrt, format="GTiff", creationOptions=_creation_options(dtype), callback=cb)))
+    with gdal_close_checked(tmp):  # a failed close (e.g. a full disk) is an error, never ignored
+        made.clear()
 
 
 def apply_correction(correction: Correction, raster_path: str | os.PathLike, out_path: str | os.PathLike,

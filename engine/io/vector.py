@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import math
 import os
+import traceback
 
 import numpy as np
 from osgeo import ogr, osr
 
 from ..errors import InputError, OutputError, OutputExistsError
-from .output import atomic_path
+from .output import atomic_path, gdal_close_checked
 from .raster import RasterGrid, check_georeferencing, transform_points
 
 ogr.UseExceptions()
@@ -134,8 +135,13 @@ def write_tiepoints_gpkg(path: str | os.PathLike, tiepoints: dict[str, np.ndarra
             ds = ogr.GetDriverByName("GPKG").CreateDataSource(tmp)
             try:
                 _fill(ds, t, ref_pos, tgt_pos, srs)
-            finally:
-                ds = None  # close before the rename (or the clean-up on failure)
+            except BaseException as exc:
+                traceback.clear_frames(exc.__traceback__)  # the frames below must not keep the dataset open
+                with gdal_close_checked(tmp, quiet=True):  # the first error is the one to report
+                    ds = None
+                raise
+            with gdal_close_checked(tmp):  # close before the rename; a failed close is an error, never ignored
+                ds = None
     except RuntimeError as exc:
         raise OutputError(f"Cannot write the tie points '{os.fspath(path)}'.",
                           "Check that the folder is writable and the file is not open elsewhere.", str(exc)) from exc

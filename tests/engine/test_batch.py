@@ -20,6 +20,7 @@ from hsscl.engine.batch import SUMMARY_COLUMNS, read_manifest, run_batch
 from hsscl.engine.config import CoregConfig
 from hsscl.engine.correction import Correction
 from hsscl.engine.errors import InputError
+from hsscl.engine.io.outputset import verify
 from hsscl.engine.pipeline import OUTPUT_NAMES
 
 SAMPLE = Path(__file__).resolve().parents[2] / "resources" / "sample"
@@ -99,6 +100,7 @@ def test_local_cluster_registers_good_pairs_and_reports_the_bad_row(project, fir
         folder = out / rid
         assert Path(r["outdir"]) == folder
         assert sorted(p.name for p in folder.iterdir()) == sorted(OUTPUT_NAMES.values())
+        assert verify(folder, required=tuple(OUTPUT_NAMES.values()))[1] == []   # the record verifies
         assert model_error_px(folder) < 1.5          # registered: close to the known truth
     assert rows["plain"]["reference"] == str(project["root"] / "data" / "ref.tif")  # relative to the manifest
     assert rows["affine-3"]["model"] == "affine"
@@ -127,17 +129,22 @@ def test_rerun_skips_finished_pairs_quickly(project, first_run, capsys):
     assert "skipped (already done)" in capsys.readouterr().out
 
 
-def test_sync_redoes_a_half_finished_pair(project, first_run, capsys):
+def test_sync_redoes_a_pair_whose_record_does_not_verify(project, first_run, capsys):
     out = project["out"]
-    (out / "plain" / "report.json").unlink()                       # killed before the last output
-    stale = out / "plain" / ".coregistered.tmp-0123456789ab.tif"   # left by a killed warp
-    stale.write_bytes(b"partial")
+    with open(out / "plain" / "coregistered.tif", "ab") as f:           # not the file its record lists
+        f.write(b"changed")
+    dead = out / "plain" / ".hsscl-partial" / "20260101T000000-999999-0123abcd"   # left by a killed run
+    dead.mkdir(parents=True)
+    (dead / "coregistered.tif").write_bytes(b"partial")
     rc = cli.main(["batch", str(project["manifest"]), "-o", str(out), "--scheduler", "sync"])
     assert rc == 1
     _, rows = read_summary(out)
     assert rows["plain"]["status"] == "ok" and float(rows["plain"]["rmse_check_px"]) < 1.5
+    assert "did not verify" in rows["plain"]["message"] and "coregistered.tif differs" in rows["plain"]["message"]
+    assert "redone" in capsys.readouterr().out
     assert rows["affine-3"]["status"] == "skipped"
-    assert not stale.exists() and (out / "plain" / "report.json").is_file()
+    assert not (out / "plain" / ".hsscl-partial").exists()
+    assert verify(out / "plain")[1] == []
     assert model_error_px(out / "plain") < 1.5
 
 
@@ -164,7 +171,7 @@ def fake_pair(calls: list[str], interrupt_on: str | None = None):
         if interrupt_on and task["outdir"].endswith(interrupt_on):
             raise KeyboardInterrupt
         calls.append(Path(task["outdir"]).name)
-        assert task["config"]["overwrite"] is True and isinstance(task["config"], dict)
+        assert isinstance(task["config"], dict) and task["run_id"]
         return {"status": "ok", "model": "shift", "rmse_check_px": 0.5, "rmse_fit_px": 0.4, "inliers": 10,
                 "seconds": 0.01, "message": ""}
     return run
@@ -211,7 +218,7 @@ def test_a_batch_that_stops_lists_the_pairs_not_run(tmp_path, monkeypatch):
     with pytest.raises(InputError):
         run_batch(three_rows(tmp_path), tmp_path / "out", scheduler="tcp://10.0.0.9:8786")
     _, rows = read_summary(tmp_path / "out")
-    assert {r["status"] for r in rows.values()} == {"failed"}
+    assert {r["status"] for r in rows.values()} == {"not run"}
     assert all("not run: the batch stopped (Cannot connect" in r["message"] for r in rows.values())
 
 
@@ -233,7 +240,8 @@ def test_dask_runs_use_one_torch_thread_unless_asked(tmp_path, monkeypatch):
     run_batch(three_rows(tmp_path), tmp_path / "o1")
     run_batch(three_rows(tmp_path), tmp_path / "o2", CoregConfig(threads=4))
     assert [t["config"]["threads"] for t in seen] == [1, 1, 1, 4, 4, 4]
-    assert all(isinstance(t, dict) and set(t) == {"reference", "target", "outdir", "config"} for t in seen)
+    assert all(isinstance(t, dict) and set(t) == {"reference", "target", "outdir", "config", "run_id", "note"}
+               for t in seen)
 
 
 # ------------------------------------------------------------------------------------------ manifest checks
