@@ -90,6 +90,14 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         self.optionsLayout.insertRow(row + 1, self.graphCheck)
         self.adaptCheck.setToolTip("Fine-tune a copy of the descriptor network on this pair before matching "
                                    "again; the adapted result is kept only when its evidence is better")
+        self.residualsButton = QPushButton("Residual table", self)
+        self.residualsButton.setObjectName("residualsButton")
+        self.residualsButton.setToolTip("Tie points with their residuals beside the map: sort, select, delete or "
+                                        "switch points off; the fit and RMSE update as you edit")
+        row, _role = self.reviewLayout.getWidgetPosition(self.applyButton)
+        self.reviewLayout.insertRow(row, self.residualsButton)
+        self.residualsButton.clicked.connect(lambda: self.show_residuals())
+        self.tiePointsCombo.layerChanged.connect(self._review_layer_changed)
         for form in (self.optionsLayout, self.reviewLayout, self.settingsLayout):  # fits a 350 px dock
             form.setRowWrapPolicy(form.RowWrapPolicy.WrapLongRows)
 
@@ -415,6 +423,7 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
             self.last_target = target
             if "TIEPOINTS" in self.last_layers:
                 self.tiePointsCombo.setLayer(self.last_layers["TIEPOINTS"])
+                self.show_residuals(self.last_layers["TIEPOINTS"], _report_value(results, "model"))
             text = (f"RMSE {results.get('RMSE_PX', float('nan')):.2f} px, "
                     f"{results.get('N_TIEPOINTS', 0):.0f} tie points "
                     f"({results.get('N_INLIERS', 0):.0f} inliers)")
@@ -436,6 +445,26 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
             self.reportLabel.setText("")
         self.statusLabel.setText(text)
         self._message(text, Qgis.MessageLevel.Success, report=self.report_path)
+
+    def show_residuals(self, layer=None, model: Any = None):
+        """The residual table docked beside the map, for ``layer`` (default: the review's tie point layer); the
+        model re-fitted live is the engine's choice (``model`` from report.json) or the panel's transform."""
+        from .residuals import ResidualTable
+
+        layer = layer or self.tiePointsCombo.currentLayer()
+        kind = model.get("kind") if isinstance(model, dict) else None
+        kind = kind or self.transformCombo.currentData() or "affine"
+        if self.residuals is None:
+            self.residuals = ResidualTable(self.iface.mainWindow() if self.iface is not None else None)
+            if self.iface is not None:
+                self.iface.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.residuals)
+        self.residuals.set_layer(layer, kind)
+        self.residuals.show()
+        return self.residuals
+
+    def _review_layer_changed(self, layer) -> None:
+        if self.residuals is not None and self.residuals.layer is not layer:
+            self.residuals.set_layer(layer, self.residuals.kind)
 
     def show_original(self, original: bool) -> None:
         """Before/after: show the uncorrected target (``original``) or the co-registered raster, not both."""
@@ -492,20 +521,32 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
             self.install_dialog = None
         if self.residuals is not None:
             self.residuals.cleanup()
+            if self.iface is not None:
+                self.iface.removeDockWidget(self.residuals)
+            self.residuals.setParent(None)
+            self.residuals.deleteLater()
             self.residuals = None
+
+
+def _report_value(results: dict, key: str) -> Any:
+    """``key`` of the run's report.json (None when absent or unreadable)."""
+    path = str(results.get("REPORT_JSON") or "")
+    if not path or not os.path.isfile(path):
+        return None
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _confidence(results: dict) -> float | None:
     """The engine's confidence (probability within 3 px): the CONFIDENCE output, else report.json's."""
     value = results.get("CONFIDENCE")
-    if value is None and results.get("REPORT_JSON") and os.path.isfile(str(results["REPORT_JSON"])):
-        import json
-
-        try:
-            with open(str(results["REPORT_JSON"]), encoding="utf-8") as f:
-                value = json.load(f).get("confidence")
-        except (OSError, ValueError, AttributeError):
-            value = None
+    if value is None:
+        value = _report_value(results, "confidence")
     try:
         value = float(value) if value is not None else None
     except (TypeError, ValueError):

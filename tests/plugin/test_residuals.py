@@ -1,0 +1,120 @@
+"""The residual table: one row per tie point, sorted, linked with the map selection; deleting or switching
+points off re-fits the model live (RMSE and residuals update at once)."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from qgis.core import QgsFeature, QgsField, QgsGeometry, QgsPointXY, QgsProject, QgsVectorLayer
+from qgis.PyQt.QtCore import QVariant
+
+pytestmark = pytest.mark.usefixtures("qgis_app")
+
+
+def _layer(n=20, outlier=7, seed=0) -> QgsVectorLayer:
+    """Tie points under a known shift (3, -2) with a 0.1 px jitter and one gross outlier."""
+    layer = QgsVectorLayer("Point?crs=EPSG:32631", "ties", "memory")
+    fields = [QgsField(name, QVariant.Double) for name in ("ref_x", "ref_y", "tgt_x", "tgt_y", "score",
+                                                            "residual_px")]
+    fields += [QgsField("inlier", QVariant.Int), QgsField("check", QVariant.Int)]
+    layer.dataProvider().addAttributes(fields)
+    layer.updateFields()
+    rng = np.random.default_rng(seed)
+    features = []
+    for i in range(n):
+        x, y = (float(v) for v in rng.uniform(0, 400, 2))
+        dx, dy = (float(v) for v in (3.0, -2.0) + rng.normal(0, 0.1, 2))
+        if i == outlier:
+            dx += 9.0
+        f = QgsFeature(layer.fields())
+        f.setGeometry(QgsGeometry.fromPointXY(QgsPointXY(x, -y)))
+        f.setAttributes([x, y, x + dx, y + dy, 0.5 + i / 100, 0.0, 1, 1 if i % 5 == 4 else 0])
+        features.append(f)
+    layer.dataProvider().addFeatures(features)
+    QgsProject.instance().addMapLayer(layer)
+    return layer
+
+
+@pytest.fixture
+def table(qgis_new_project):
+    from hsscl.plugin.residuals import ResidualTable
+
+    widget = ResidualTable()
+    yield widget
+    widget.cleanup()
+    widget.deleteLater()
+
+
+def test_refit_matches_the_known_shift():
+    from hsscl.plugin.residuals import read_points, refit
+
+    layer = _layer()
+    result = refit(read_points(layer), "shift")
+    assert result.n_used == 16 and result.role.count("check") == 4
+    worst = int(result.ids[np.nanargmax(result.residual_px)])
+    assert worst == 8  # feature ids start at 1: the outlier (index 7)
+    assert result.rmse_fit_px > 1.5  # the outlier spoils the fit
+
+
+def test_table_delete_and_toggle_refit_live(table):
+    layer = _layer()
+    table.set_layer(layer, "shift")
+    assert table.table.rowCount() == 20
+    before = table.last.rmse_fit_px
+    # sorted by residual, worst first
+    table.table.sortItems(1, order=1)  # Qt.DescendingOrder
+    assert int(table.table.item(0, 0).text()) == 8
+    # selecting the row selects the point on the map, and back
+    table.table.selectRow(0)
+    assert layer.selectedFeatureIds() == [8]
+    layer.selectByIds([3])
+    assert table.selected_ids() == [3]
+    # switch the outlier off: the fit is re-done at once
+    layer.selectByIds([8])
+    t0 = time.perf_counter()
+    table.toggle_selected()
+    elapsed = time.perf_counter() - t0
+    assert table.last.n_used == 15 and table.last.rmse_fit_px < 0.3 < before
+    assert elapsed < 0.5  # milliseconds in practice
+    assert "outlier" in [table.table.item(r, 2).text() for r in range(20) if table.table.item(r, 0).text() == "8"]
+    assert f"RMSE {table.last.rmse_fit_px:.2f} px" in table.summaryLabel.text()
+    # toggle back, then delete it instead
+    table.toggle_selected()
+    assert table.last.n_used == 16
+    layer.selectByIds([8])
+    table.delete_selected()
+    assert table.table.rowCount() == 19 and table.last.rmse_fit_px < 0.3
+    # an edit made elsewhere (attribute table, map) re-fits too
+    layer.changeAttributeValue(3, layer.fields().indexOf("inlier"), 0)
+    assert table.last.n_used == 14
+    layer.rollBack()
+    assert table.table.rowCount() == 20
+
+
+def test_too_few_points_says_so(table):
+    layer = _layer(n=3, outlier=-1)
+    table.set_layer(layer, "poly2")
+    assert "needs at least" in table.summaryLabel.text()
+
+
+def test_dock_opens_the_table_after_a_run(qgis_iface, provider, project, s1s2_pair, fake_pipeline, tmp_path):
+    from hsscl.plugin.dock import HSSCLDock
+
+    from .conftest import add_raster, wait_for
+
+    reference, target = add_raster(s1s2_pair[0], "S2"), add_raster(s1s2_pair[1], "S1")
+    dock = HSSCLDock(qgis_iface)
+    try:
+        dock.referenceCombo.setLayer(reference)
+        dock.targetCombo.setLayer(target)
+        dock.outputFolder.setFilePath(str(tmp_path))
+        done = []
+        dock.finished.connect(lambda ok, res: done.append(ok))
+        assert dock.run()
+        assert wait_for(lambda: bool(done), 120) and done == [True]
+        assert dock.residuals is not None and dock.residuals.layer is dock.last_layers["TIEPOINTS"]
+        assert dock.residuals.table.rowCount() == dock.last_layers["TIEPOINTS"].featureCount()
+    finally:
+        dock.cleanup()
+        dock.deleteLater()
