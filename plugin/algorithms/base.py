@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -27,7 +26,6 @@ from qgis.core import (
     QgsProcessingParameterFile,
     QgsProcessingParameterNumber,
     QgsProcessingParameterRasterLayer,
-    QgsProcessingUtils,
     QgsRasterLayer,
 )
 from qgis.PyQt.QtGui import QIcon
@@ -344,11 +342,49 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
     @staticmethod
     @contextmanager
     def work_folder() -> Iterator[str]:
-        """A fresh folder for the engine's outputs; removed afterwards whatever happens."""
-        base = QgsProcessingUtils.tempFolder() if QgsProcessingUtils.tempFolder() else tempfile.gettempdir()
-        path = os.path.join(base, f"hsscl_{uuid.uuid4().hex[:12]}")
-        os.makedirs(path, exist_ok=True)
+        """A fresh folder for the engine's outputs; removed when the run ends in any way.
+
+        It is ``<temp>/hsscl-work/<run id>/out`` (not Processing's own session folder), and the run holds the
+        lock of ``<temp>/hsscl-work/<run id>`` throughout: a run killed outright (SIGKILL, a crash) leaves it
+        behind and the next run removes it (the lock, released with the dead process, proves nobody uses it).
+        SIGTERM, when the algorithm runs on the main thread (qgis_process), ends the run like a cancel.
+        """
+        from ...engine.batch import TerminatedBySignal, terminate_on_sigterm
+        from ...engine.io.lock import FolderLock, new_run_id
+
+        base = os.path.join(tempfile.gettempdir(), "hsscl-work")
+        os.makedirs(base, exist_ok=True)
+        _remove_dead_work_folders(base)
+        path = os.path.join(base, new_run_id())
+        lock = FolderLock(path).acquire()
         try:
-            yield path
+            out = os.path.join(path, "out")
+            os.makedirs(out)
+            with terminate_on_sigterm():
+                yield out
+        except TerminatedBySignal as err:
+            raise QgsProcessingException("Stopped (SIGTERM): no output was written.") from err
         finally:
+            lock.release()
             shutil.rmtree(path, ignore_errors=True)
+
+
+def _remove_dead_work_folders(base: str, min_age_s: float = 60.0) -> None:
+    """Remove work folders of runs that were killed outright: their lock is free and they are not brand new."""
+    import re
+    import time
+
+    from ...engine.errors import OutputError
+    from ...engine.io.lock import FolderLock
+
+    for name in os.listdir(base):
+        path = os.path.join(base, name)
+        if not re.fullmatch(r"\d{8}T\d{6}-\d+-[0-9a-f]{8}", name) or not os.path.isdir(path):
+            continue
+        if time.time() - os.path.getmtime(path) < min_age_s:
+            continue
+        try:
+            with FolderLock(path):
+                shutil.rmtree(path, ignore_errors=True)
+        except (OutputError, OSError):
+            continue  # in use by a live run

@@ -17,7 +17,7 @@ from qgis.core import (
 
 from ..compat import VECTOR_LINE, VECTOR_POINT
 from .base import HSSCLAlgorithm, _help
-from .outputs import deliver_file, deliver_raster, deliver_vector
+from .outputs import deliver_file, deliver_raster, deliver_report, deliver_text, deliver_vector
 
 
 def engine_output(res: Any, folder: str, key: str, filename: str) -> str:
@@ -132,18 +132,21 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
                     report = json.load(f)
 
             results: dict[str, Any] = {}
+            # the reports name the user's files, not the work folder's (removed after the run)
+            json_dest = sidecar(out_report, ".json") if out_report else sidecar(out_raster, ".report.json")
+            user_files = {"raster": out_raster, "tiepoints": out_ties, "matches": out_matches,
+                          "report": json_dest, "report_html": out_report,
+                          "correction": sidecar(out_raster, ".correction.json") if os.path.isfile(correction) else ""}
             if out_report:
                 from ..report_html import write_report_html
 
                 feedback.setProgressText(self.tr("Writing the HTML report…"))
                 try:
-                    # the report names the user's files, not the work folder's (removed after the run)
-                    user_files = {"raster": out_raster, "tiepoints": out_ties, "matches": out_matches,
-                                  "report": sidecar(out_report, ".json"),
-                                  "correction": sidecar(out_raster, ".correction.json")}
-                    write_report_html(out_report, report, ties, ref_path, tgt_path, coregistered,
-                                      title=f"{os.path.basename(tgt_path)} → {os.path.basename(ref_path)}",
-                                      outputs=user_files)
+                    deliver_text(out_report, lambda tmp: write_report_html(
+                        tmp, report, ties, ref_path, tgt_path, coregistered,
+                        title=f"{os.path.basename(tgt_path)} → {os.path.basename(ref_path)}", outputs=user_files))
+                except QgsProcessingException:  # a full disk: said as it is, nothing else written
+                    raise
                 except Exception as err:  # the figures are a convenience; never lose the run for them
                     feedback.reportError(f"The HTML report could not be completed: {err}", False)
                 results[self.REPORT] = out_report
@@ -153,10 +156,11 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
             results[self.TIEPOINTS] = deliver_vector(ties, "tiepoints", out_ties)
             if out_matches:
                 results[self.MATCHES] = deliver_vector(ties, "matches", out_matches)
-            json_dest = sidecar(out_report, ".json") if out_report else sidecar(out_raster, ".report.json")
-            results[self.REPORT_JSON] = deliver_file(report_json, json_dest) if os.path.isfile(report_json) else ""
-            results[self.CORRECTION] = deliver_file(correction, sidecar(out_raster, ".correction.json")) \
+            results[self.CORRECTION] = deliver_file(correction, user_files["correction"]) \
                 if os.path.isfile(correction) else ""
+            # last: the report is the record of the set, naming the delivered files with their sha256
+            results[self.REPORT_JSON] = deliver_report(report_json, json_dest, user_files) \
+                if os.path.isfile(report_json) else ""
 
         results[self.RMSE_PX] = _number(getattr(res, "rmse_px", None))
         results[self.N_TIEPOINTS] = _number(getattr(res, "n_tiepoints", None))
