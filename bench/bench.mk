@@ -8,7 +8,8 @@
 BENCH_ARGS ?=
 SCALE_ARGS ?=
 
-.PHONY: bench bench-quick bench-setup bench-ablation bench-scale bench-speed bench-heldout bench-network bench-second-opinion
+.PHONY: bench bench-quick bench-setup bench-ablation bench-scale bench-speed bench-heldout bench-network bench-second-opinion \
+	bench-strong bench-heldout-strong
 
 bench-setup:
 	bash scripts/setup.sh
@@ -41,7 +42,7 @@ bench-ablation: bench-setup
 
 # the held-out set (bench/heldout.py): pairs no dev case uses, their own seed; cases in .bench/cases_heldout.
 # Check decisions tuned on the 50 dev cases here; a table of its own (docs/benchmarks_heldout.md)
-HELDOUT_TOOLS ?= none,sift,arosics_global,arosics_local,gefolki,lightglue,hsscl,hsscl_cfog,hsscl_graph,hsscl_lcfog,hsscl_hybrid,hsscl_net
+HELDOUT_TOOLS ?= none,sift,arosics_global,arosics_local,gefolki,lightglue,plain_cfog,hsscl,hsscl_guess,hsscl_cfog,hsscl_graph,hsscl_lcfog,hsscl_hybrid,hsscl_net
 bench-heldout: bench-setup
 	.venv/bin/python -m bench.run --set heldout --tools $(HELDOUT_TOOLS) --out docs/benchmarks_heldout.md \
 		--csv docs/benchmarks_heldout.csv --plot docs/img/bench_cdf_heldout.png $(BENCH_ARGS)
@@ -62,3 +63,16 @@ bench-network: bench-setup
 bench-second-opinion: bench-setup
 	.venv/bin/python -m bench.run --tools none,hsscl,hsscl_cfog,hsscl_lcfog --out docs/benchmarks_second_opinion.md \
 		--csv docs/benchmarks_second_opinion.csv --plot '' $(BENCH_ARGS)
+
+# the strong misregistration sets (bench/strong.py): the dev / held-out sources with shift up to 80 px (15 % of the
+# image), ±10°, ±10 % and a smooth local distortion up to 3 px, their own seeds (+2, +3) and case folders
+# (.bench/cases_strong, .bench/cases_heldout_strong); tables of their own (docs/benchmarks_strong.md,
+# docs/benchmarks_heldout_strong.md) with the refusal / wrong-answer columns and the confidence calibration
+STRONG_TOOLS ?= none,sift,arosics_global,arosics_local,gefolki,lightglue,plain_cfog,hsscl,hsscl_guess,hsscl_cfog
+bench-strong: bench-setup
+	.venv/bin/python -m bench.run --set strong --tools $(STRONG_TOOLS) --out docs/benchmarks_strong.md \
+		--csv docs/benchmarks_strong.csv --plot docs/img/bench_cdf_strong.png $(BENCH_ARGS)
+
+bench-heldout-strong: bench-setup
+	.venv/bin/python -m bench.run --set heldout-strong --tools $(STRONG_TOOLS) --out docs/benchmarks_heldout_strong.md \
+		--csv docs/benchmarks_heldout_strong.csv --plot docs/img/bench_cdf_heldout_strong.png $(BENCH_ARGS)

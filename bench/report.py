@@ -13,7 +13,13 @@ from bench.tools.registry import TOOLS
 
 CSV_FIELDS = ["case", "family", "origin", "georeferenced", "size", "initial_rmse", "tool", "label", "group",
               "threads", "failed", "rmse", "mean_err", "max_err", "coverage", "matches", "correct3",
-              "precision3", "seconds", "peak_mb", "warp_floor_s", "timeout", "warp", "reason", "gt_class"]
+              "precision3", "seconds", "peak_mb", "warp_floor_s", "timeout", "warp", "reason", "gt_class",
+              "refused", "confidence", "accepted", "low_confidence", "verifier_changed", "chosen"]
+
+# the make target that writes each set's report
+TARGETS = {"dev": "make bench", "heldout": "make bench-heldout", "strong": "make bench-strong",
+           "heldout-strong": "make bench-heldout-strong"}
+CONF_BINS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 def _f(v, fmt="{:.2f}", none="–"):
@@ -38,6 +44,24 @@ def _clean(s: str, n: int) -> str:
     return s.replace("|", "/").strip()[:n]
 
 
+def refused(x: dict) -> bool:
+    """The tool gave no answer (said no, crashed, timed out). Rows from before the ``refused`` field: a failure
+    other than a result that covered too little of the overlap (an answer, however bad)."""
+    if "refused" in x:
+        return bool(x["refused"])
+    return bool(x.get("failed")) and not str(x.get("reason", "")).startswith("corrected raster covers")
+
+
+def outcome(x: dict) -> str:
+    """One of 'ok' (within 3 px), 'refused', 'off3_5' (3-5 px off) or 'off5' (> 5 px off, or unusable) for one run:
+    every pair falls in exactly one. The last two are answers the tool gave as a success."""
+    if refused(x):
+        return "refused"
+    r = x.get("rmse", np.inf) if not x.get("failed") else np.inf
+    r = np.inf if r is None else float(r)
+    return "ok" if r <= 3 else "off3_5" if r <= 5 else "off5"
+
+
 def summarise(rows: list[dict]) -> dict:
     n = len(rows)
     r = np.array([x.get("rmse", np.inf) if not x.get("failed") else np.inf for x in rows], float)
@@ -45,8 +69,10 @@ def summarise(rows: list[dict]) -> dict:
     m = [x for x in rows if x.get("matches") is not None]
     secs = np.array([x["seconds"] for x in rows], float)
     floors = np.array([x.get("warp_floor_s", np.nan) for x in rows], float)
+    outs = [outcome(x) for x in rows]
     return {
-        "n": n, "failed": int((~ok).sum()),
+        "n": n, "failed": int((~ok).sum()), "refused": outs.count("refused"), "off3_5": outs.count("off3_5"),
+        "off5": outs.count("off5"),
         "s1": float((r <= 1).mean()) if n else np.nan, "s3": float((r <= 3).mean()) if n else np.nan,
         "s5": float((r <= 5).mean()) if n else np.nan,
         "median": float(np.median(r)) if n else np.nan,
@@ -60,9 +86,10 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def _table(rows: list[dict], tools: list[str], families: list[str]) -> list[str]:
-    head = ("| tool | family | pairs | ≤1 px | ≤3 px | ≤5 px | median RMSE | mean RMSE (completed) | failed | "
+    head = ("| tool | family | pairs | ≤1 px | ≤3 px | ≤5 px | median RMSE | mean RMSE (completed) | refused | "
+            "3-5 px off, given as success | > 5 px off, given as success | "
             "correct matches @3 px (median) | precision @3 px | s / pair (median) | peak MB | threads |")
-    out = [head, "|" + "|".join(["---"] * 14) + "|"]
+    out = [head, "|" + "|".join(["---"] * 16) + "|"]
     for t in tools:
         tr = [x for x in rows if x["tool"] == t]
         if not tr:
@@ -76,15 +103,23 @@ def _table(rows: list[dict], tools: list[str], families: list[str]) -> list[str]
             name = f"**{label}**" if fam == "all" else label
             out.append(
                 f"| {name} | {'**all**' if fam == 'all' else fam} | {s['n']} | {s['s1']:.0%} | {s['s3']:.0%} | "
-                f"{s['s5']:.0%} | {_f(s['median'])} | {_f(s['mean'])} | {s['failed']} | "
+                f"{s['s5']:.0%} | {_f(s['median'])} | {_f(s['mean'])} | {_wrong_cells(t, s)} | "
                 f"{_f(s['correct3'], '{:.0f}')} | {_f(s['precision3'], '{:.0%}')} | {_f(s['sec'], '{:.2f}')} | "
                 f"{_f(s['peak'] or None, '{:.0f}')} | {max(x.get('threads', 0) for x in fr) or '–'} |")
     return out
 
 
+def _wrong_cells(tool: str, s: dict) -> str:
+    """The refused / 3-5 px / > 5 px cells ('–' for the do-nothing baseline, which answers nothing)."""
+    if tool == "none":
+        return "– | – | –"
+    return f"{s['refused']} | {s['off3_5']} | {s['off5']}"
+
+
 def _headline(rows: list[dict], tools: list[str]) -> list[str]:
-    head = "| tool | pairs | ≤1 px | ≤3 px | ≤5 px | median RMSE | failed | s / pair | total / warp floor |"
-    out = [head, "|" + "|".join(["---"] * 9) + "|"]
+    head = ("| tool | pairs | ≤1 px | ≤3 px | ≤5 px | median RMSE | refused | 3-5 px off, given as success | "
+            "> 5 px off, given as success | s / pair | total / warp floor |")
+    out = [head, "|" + "|".join(["---"] * 11) + "|"]
     for t in tools:
         tr = [x for x in rows if x["tool"] == t]
         if not tr:
@@ -92,9 +127,95 @@ def _headline(rows: list[dict], tools: list[str]) -> list[str]:
         s = summarise(tr)
         ratio = s["sec"] / s["floor"] if s["floor"] and s["sec"] else float("nan")
         out.append(f"| {_label(t)} | {s['n']} | {s['s1']:.0%} | {s['s3']:.0%} | "
-                   f"{s['s5']:.0%} | {_f(s['median'])} | {s['failed']} | {_f(s['sec'])} | "
+                   f"{s['s5']:.0%} | {_f(s['median'])} | {_wrong_cells(t, s)} | {_f(s['sec'])} | "
                    f"{_f(ratio, '{:.0f}×') if t != 'none' else '–'} |")
     return out
+
+
+def speed_vs_plain_cfog(rows: list[dict], ours: str = "hsscl", peer: str = "plain_cfog") -> dict | None:
+    """CLI wall time per pair of our default row beside the plain CFOG peer's, on the pairs both ran in this run:
+    medians and the median of the per-pair ratios (ours / peer). None when either row is missing."""
+    a = {x["case"]: x["seconds"] for x in rows if x["tool"] == ours}
+    b = {x["case"]: x["seconds"] for x in rows if x["tool"] == peer}
+    both = sorted(set(a) & set(b))
+    if not both:
+        return None
+    sa, sb = np.array([a[c] for c in both], float), np.array([b[c] for c in both], float)
+    ok = sb > 0
+    return {"pairs": len(both), "ours_s": float(np.median(sa)), "peer_s": float(np.median(sb)),
+            "ratio_of_medians": float(np.median(sa) / np.median(sb)) if np.median(sb) > 0 else float("nan"),
+            "median_ratio": float(np.median(sa[ok] / sb[ok])) if ok.any() else float("nan")}
+
+
+def _speed_line(rows: list[dict]) -> list[str]:
+    sp = speed_vs_plain_cfog(rows)
+    if sp is None:
+        return []
+    return [f"**Speed against the plain CFOG reference** (same run, same {sp['pairs']} pairs, same thread limit): "
+            f"{_label('hsscl')} (`hsscl coregister`, CLI wall time per pair, interpreter start included; median) "
+            f"{sp['ours_s']:.2f} s, {_label('plain_cfog')} {sp['peer_s']:.2f} s: **{sp['ratio_of_medians']:.1f}×** "
+            f"the reference's time (median of the per-pair ratios {sp['median_ratio']:.1f}×).", ""]
+
+
+def reliability(rows: list[dict], bins: tuple = CONF_BINS) -> dict | None:
+    """Calibration of a row's ``confidence`` (the probability that the answer is within 3 px) on the pairs that have
+    both a confidence and an answer: reliability table, Brier score, share where the verifier changed the choice.
+    None when no pair carries a confidence."""
+    conf = [x for x in rows if isinstance(x.get("confidence"), (int, float)) and not math.isnan(x["confidence"])]
+    if not conf:
+        return None
+    scored = [x for x in conf if not refused(x)]
+    c = np.array([x["confidence"] for x in scored], float)
+    hit = np.array([outcome(x) == "ok" for x in scored], float)
+    table = []
+    for k, (lo, hi) in enumerate(zip(bins[:-1], bins[1:])):
+        last = k == len(bins) - 2
+        m = (c >= lo) & ((c <= hi) if last else (c < hi))
+        table.append({"bin": (lo, hi), "pairs": int(m.sum()),
+                      "mean_conf": float(c[m].mean()) if m.any() else None,
+                      "within3": float(hit[m].mean()) if m.any() else None})
+    vc = [x["verifier_changed"] for x in rows if isinstance(x.get("verifier_changed"), bool)]
+    low = [x["low_confidence"] for x in scored if isinstance(x.get("low_confidence"), bool)]
+    return {"pairs": len(scored), "with_confidence": len(conf), "refused_with_confidence": len(conf) - len(scored),
+            "brier": float(np.mean((c - hit) ** 2)) if len(scored) else None,
+            "mean_conf": float(c.mean()) if len(scored) else None,
+            "within3": float(hit.mean()) if len(scored) else None,
+            "verifier_changed": float(np.mean(vc)) if vc else None, "verifier_n": len(vc),
+            "low_confidence_kept": int(sum(low)), "table": table}
+
+
+def _calibration(rows: list[dict], tools: list[str]) -> list[str]:
+    ours = [t for t in tools if any(x["tool"] == t and x.get("group") == "ours" for x in rows)]
+    if not ours:
+        return []
+    out = ["## Confidence calibration", "",
+           "Our engine's `confidence` (report.json) is the probability that its alignment is within 3 px. Per HSSCL "
+           "row, over the pairs whose report carries a confidence and that have an answer (refusals have nothing to "
+           "measure; the best-guess row `--keep-best-guess` answers every pair): the share within 3 px per "
+           "confidence bin (a calibrated confidence has it close to the bin's mean confidence), the Brier score "
+           "(mean of (confidence − within 3 px)², 0 is perfect, 0.25 is a constant 0.5), and the share of pairs "
+           "where the verifier changed the chosen candidate (`decision.verifier_changed`, all pairs with a report).",
+           "",
+           "| tool | pairs scored | mean confidence | within 3 px | Brier score | verifier changed | "
+           "low-confidence answers kept |", "|---|---|---|---|---|---|---|"]
+    tables: list[str] = []
+    for t in ours:
+        rel = reliability([x for x in rows if x["tool"] == t])
+        if rel is None:
+            out.append(f"| {_label(t)} | no confidence in the reports | – | – | – | – | – |")
+            continue
+        out.append(f"| {_label(t)} | {rel['pairs']} | {_f(rel['mean_conf'])} | {_f(rel['within3'], '{:.0%}')} | "
+                   f"{_f(rel['brier'], '{:.3f}')} | "
+                   f"{_f(rel['verifier_changed'], '{:.0%}')} ({rel['verifier_n']}) | {rel['low_confidence_kept']} |")
+        tables += [f"**{_label(t)}**" + (f" ({rel['refused_with_confidence']} refused pairs carried a confidence, "
+                                          "not scored)" if rel["refused_with_confidence"] else ""), "",
+                   "| confidence | pairs | mean confidence | within 3 px |", "|---|---|---|---|"]
+        for b in rel["table"]:
+            lo, hi = b["bin"]
+            tables.append(f"| {lo:.1f}-{hi:.1f} | {b['pairs']} | {_f(b['mean_conf'])} | "
+                          f"{_f(b['within3'], '{:.0%}')} |")
+        tables.append("")
+    return out + [""] + tables
 
 
 def _by_truth(rows: list[dict], tools: list[str]) -> list[str]:
@@ -139,22 +260,55 @@ def _heldout_intro(info: dict, cases: list[dict]) -> list[str]:
     ]
 
 
+def _strong_intro(info: dict, cases: list[dict]) -> list[str]:
+    heldout = info.get("set") == "heldout-strong"
+    srcs = sorted({c["origin"] for c in cases})
+    return [
+        "**This is the STRONG misregistration set** (`bench/strong.py`): the sources of the "
+        + ("held-out set (`bench/heldout.py`, `docs/benchmarks_heldout.md`)" if heldout else
+           "50 dev cases (`docs/benchmarks.md`)")
+        + f", misregistered further with their own seed ({info['seed']}): shift up to 15 % of the smaller side and "
+        "at most 80 px, rotation up to ±10°, scale up to ±10 %, and a smooth local distortion (a few plane waves "
+        "of 0.5-1.5 cycles across the image) whose largest displacement is drawn up to 3 px. An affine model "
+        "cannot follow the distortion: a perfect affine answer is off by its residual (about 0-2 px RMSE).",
+        "",
+        f"Sources ({len(cases)} cases): " + ", ".join(
+            f"`{o}` ({sum(1 for c in cases if c['origin'] == o)})" for o in srcs) + ".",
+        "",
+    ]
+
+
+def _ranges(info: dict) -> str:
+    d = info.get("draws")
+    if not d:
+        return ("shift up to 40 px (at most 15 % of the smaller side on small patches), rotation up to 4°, scale "
+                "up to 5 %")
+    return (f"shift up to {d['max_shift']:.0f} px (at most {d['shift_cap_fraction']:.0%} of the smaller side), "
+            f"rotation up to {d['max_rot']:.0f}°, scale up to {d['max_scale']:.0%}"
+            + (f", plus a smooth local distortion up to {d['max_distortion']:.0f} px (the truth raster holds it "
+               "exactly)" if d.get("max_distortion") else ""))
+
+
 def write_markdown(rows: list[dict], info: dict, path: Path, png: Path | None = None) -> None:
     tools = [t for t in info["tools"] if any(x["tool"] == t for x in rows)]
     fams = [f for f in FAMILIES if any(x["family"] == f for x in rows)]
     m = info["machine"]
     cases = sorted({x["case"]: x for x in rows}.values(), key=lambda x: (FAMILIES.index(x["family"]), x["case"]))
     floor = summarise([x for x in rows if x["tool"] == tools[0]])["floor"] if tools else float("nan")
-    heldout = info.get("set") == "heldout"
-    target = ("make bench-heldout" if heldout else "make bench") + ("-quick" if info["quick"] and not heldout else "")
-    if heldout and info["quick"]:
+    set_name = info.get("set", "dev")
+    heldout = set_name == "heldout"
+    strong = set_name in ("strong", "heldout-strong")
+    target = TARGETS.get(set_name, "make bench") + ("-quick" if info["quick"] and set_name == "dev" else "")
+    if set_name != "dev" and info["quick"]:
         target += " (quick subset)"
     plot_rel = os.path.relpath(png, path.parent) if png else "img/bench_cdf.png"
     L = [
-        "# Benchmark" + (" (held-out set)" if heldout else "") +
+        "# Benchmark" + {"heldout": " (held-out set)", "strong": " (strong misregistration)",
+                         "heldout-strong": " (held-out set, strong misregistration)"}.get(set_name, "") +
         ": HSSCL Co-register and the tools users would pick instead",
         "",
         *(_heldout_intro(info, cases) if heldout else []),
+        *(_strong_intro(info, cases) if strong else []),
         f"Generated by `{target}` "
         f"(`{info['command'].strip()}`) on {m['date']}, engine at commit {info.get('engine', '?')}.",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory']} RAM, Python {m['python']}, {m['os']}. "
@@ -167,15 +321,18 @@ def write_markdown(rows: list[dict], info: dict, path: Path, png: Path | None = 
         "## Protocol",
         "- **Cases.** Real aligned multimodal pairs from `shared/data` (georeferenced Sentinel-1/2 pairs, registered "
         "patch pairs, and pairs with a published homography / affine / tie-point ground truth, re-aligned by it), "
-        "each misregistered by a seeded random similarity about the image centre: shift up to 40 px (at most 15 % of "
-        "the smaller side on small patches), rotation up to 4°, scale up to 5 %. Georeferenced targets keep the "
+        f"each misregistered by a seeded random similarity about the image centre: {_ranges(info)}. Georeferenced "
+        "targets keep the "
         "reference's geotransform, so their georeferencing is wrong by exactly that transform.",
         "- **Error, measured independently of the tools.** A truth raster on the target grid holds the true reference "
         "coordinates of every target pixel. Each tool's correction is applied to it (our engine: `hsscl apply`, its own "
         "warp; peers: their affine, or an affine fitted by the harness to their tie points, one shared warp for all), "
         "and the error at each reference pixel of the overlap is |value − own position|. RMSE per pair in reference "
         "pixels; a result covering under half the overlap, a crash or a timeout is a failure (RMSE = ∞).",
-        "- **Success** at k px = RMSE ≤ k. *Median RMSE* counts failures as ∞; *mean RMSE* is over completed pairs. "
+        "- **Success** at k px = RMSE ≤ k. *Refused* = the tool gave no answer (said no, crashed, timed out); "
+        "*3-5 px off* and *> 5 px off, given as success* = answers the tool returned as a success that are that far "
+        "off (> 5 px includes a result covering under half the overlap). Per row, ≤3 px + refused + 3-5 px + > 5 px "
+        "= pairs. *Median RMSE* counts refusals and failures as ∞; *mean RMSE* is over completed pairs. "
         "*Correct matches* = kept tie points within 3 px of the truth (median per pair); *precision* = their share "
         "(mean per pair), for tools that expose matches.",
         "- **Time** = wall time of the tool's subprocess per pair, including interpreter start and model loading "
@@ -190,6 +347,7 @@ def write_markdown(rows: list[dict], info: dict, path: Path, png: Path | None = 
         "",
         *_headline(rows, tools),
         "",
+        *_speed_line(rows),
         "## Per tool and family",
         "",
         *_table(rows, tools, fams),
@@ -197,6 +355,7 @@ def write_markdown(rows: list[dict], info: dict, path: Path, png: Path | None = 
         f"![Error CDFs per family]({plot_rel})",
         "",
         *_by_truth(rows, tools),
+        *_calibration(rows, tools),
         "## Tools",
         "",
         "| tool | status here | settings |",
@@ -237,8 +396,10 @@ def write_markdown(rows: list[dict], info: dict, path: Path, png: Path | None = 
         cnt = Counter((x["tool"], _clean(x.get("reason", ""), 110)) for x in peers)
         for (t, why), k in sorted(cnt.items(), key=lambda kv: (kv[0][0], -kv[1])):
             L.append(f"| {t} | {k} | {why} |")
-    L += ["", "Reproduce: `make bench-heldout` (this set; `HELDOUT_TOOLS=...` picks the tools). Raw per-run numbers: "
-          f"[{Path(info['csv']).name}]({Path(info['csv']).name}). Code: `bench/`.", ""] if heldout and info.get("csv") \
+    tools_var = {"heldout": "HELDOUT_TOOLS", "strong": "STRONG_TOOLS", "heldout-strong": "STRONG_TOOLS"}
+    L += ["", f"Reproduce: `{TARGETS[set_name]}` (this set; `{tools_var[set_name]}=...` picks the tools). Raw "
+          f"per-run numbers: [{Path(info['csv']).name}]({Path(info['csv']).name}). Code: `bench/`.", ""] \
+        if set_name in tools_var and info.get("csv") \
         else ["", "Reproduce: `make bench` (full, < 30 min on 2 cores) or `make bench-quick` (< 5 min). Raw per-run "
           "numbers: [benchmarks.csv](benchmarks.csv). Code: `bench/`.", ""]
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -294,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
     total = time.perf_counter() - t_start
     raw = ROOT / ".bench" / (raw_stem + ("_quick" if a.quick else "") + ".json")
-    info = {"set": a.case_set,
+    info = {"set": a.case_set, "draws": draws.key(),
             "sources": sorted({s.origin for s in srcs if any(c["id"] == s.name for c in cases)}), "machine": machine(), "quick": a.quick, "seed": a.seed, "n_cases": len(cases), "tools": names,
             "jobs": a.jobs, "threads": a.threads, "engine": engine_version(), "loadavg_before": load0, "loadavg_after": os.getloadavg(),
             "skipped": skipped, "total_seconds": total, "command": ((f"HSSCL_BENCH_ARGS='{os.environ['HSSCL_BENCH_ARGS']}' " if os.environ.get("HSSCL_BENCH_ARGS") else "")
