@@ -388,6 +388,13 @@ def write_markdown(rows: list[dict], info: dict, path: Path, png: Path | None = 
         L += ["", "## Our failures", "", "| tool | case | reason |", "|---|---|---|"]
         for x in ours:
             L.append(f"| {x['tool']} | {x['case']} | {_clean(x.get('reason', ''), 220)} |")
+    wrong = [x for x in rows if x.get("group") == "ours" and outcome(x) in ("off3_5", "off5")]
+    if wrong:
+        L += ["", "## Our wrong answers (more than 3 px off, given as success)", "",
+              "| tool | case | RMSE (px) | confidence | low confidence kept |", "|---|---|---|---|---|"]
+        for x in wrong:
+            L.append(f"| {x['tool']} | {x['case']} | {_f(x.get('rmse'))} | {_f(x.get('confidence'))} | "
+                     f"{'yes' if x.get('low_confidence') else 'no' if x.get('low_confidence') is False else '–'} |")
     peers = [x for x in fails if x.get("group") != "ours"]
     if peers:
         from collections import Counter

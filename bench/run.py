@@ -260,14 +260,16 @@ def main(argv: list[str] | None = None) -> int:
             cmds = tool.timed(case, wd)
             t = run_timed(cmds, a.timeout, {**env, **tool.env}, wd / "log.txt") if cmds else \
                 {"seconds": 0.0, "peak_mb": 0.0, "rc": 0, "timeout": False}
-            if t["rc"] == 0 and not t["timeout"]:
+            answered = t["rc"] in tool.ok_rcs and not t["timeout"]
+            if answered:
                 post = tool.post(case, wd)
                 if post:
                     run_timed(post, a.timeout, {**env, **tool.env}, wd / "log.txt")
             res = tool.collect(case, wd) if not t["timeout"] else {"ok": False, "error": f"timeout {a.timeout:.0f} s"}
-            if t["rc"]:
+            if not answered:
                 res = {**res, "ok": False}
-            if t["rc"] and not t["timeout"] and not (res.get("error") and (wd / "result.json").exists()):
+            if t["rc"] and not t["timeout"] and not res.get("ok") and \
+                    not (res.get("error") and (wd / "result.json").exists()):
                 tail = [ln for ln in (wd / "log.txt").read_text(errors="replace").splitlines() if ln.strip()][-1:] \
                     if (wd / "log.txt").exists() else []
                 res["error"] = f"exit code {t['rc']}" + (f": {tail[0].strip()[:200]}" if tail else "")

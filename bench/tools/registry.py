@@ -40,6 +40,7 @@ class Tool:
     threads: bool = True                         # False: runs nothing (the "do nothing" row)
     note: str = ""
     env: dict = field(default_factory=dict)
+    ok_rcs: tuple[int, ...] = (0,)               # exit codes after which its outputs are collected as an answer
 
 
 def _read_result(case: dict, wd: Path) -> dict:
@@ -173,7 +174,7 @@ def _option_ok(option: str, why: str) -> Callable[[], str | None]:
 
 
 def _hsscl(name: str, label: str, extra: list[str], note: str = "",
-           available: Callable[[], str | None] = _hsscl_ok) -> Tool:
+           available: Callable[[], str | None] = _hsscl_ok, ok_rcs: tuple[int, ...] = (0,)) -> Tool:
     def timed(case: dict, wd: Path) -> Commands:
         # HSSCL_BENCH_ARGS: extra CLI options for every HSSCL row, e.g. "--weights out/run/hsscl_best.safetensors"
         # to compare candidate weights before they are published (the report's command line records it)
@@ -186,7 +187,7 @@ def _hsscl(name: str, label: str, extra: list[str], note: str = "",
         return [[HSSCL, "apply", str(wd / "out"), case["truth"], "-o", str(wd / "truth_on_reference.tif")]]
 
     return Tool(name, label, "ours", timed=timed, post=post, collect=_hsscl_collect, available=available,
-                note=note)
+                note=note, ok_rcs=ok_rcs)
 
 
 # issue 5's domain-alignment ablation: the 0.2.0 recipe without its CORAL term (`make train-ablation-da`)
@@ -221,7 +222,8 @@ TOOLS: dict[str, Tool] = {t.name: t for t in [
     _hsscl("hsscl_guess", "HSSCL, best guess kept", ["--keep-best-guess"],
            "the default pipeline with --keep-best-guess: writes its best candidate even below the confidence "
            "threshold (decision.low_confidence), so every pair has a confidence and an answer",
-           _option_ok("--keep-best-guess", "issue A, calibrated confidence")),
+           _option_ok("--keep-best-guess", "issue A, calibrated confidence"),
+           ok_rcs=(0, 3)),   # should the CLI still exit 3 (low confidence) after writing the best guess: collect it
     _hsscl("hsscl_cfog", "CFOG alone (no second opinion)", ["--descriptor", "cfog"],
            "the default pipeline before the second opinion"),
     _hsscl("hsscl_nodenoise", "HSSCL structural descriptor, no denoising", ["--no-denoise"]),

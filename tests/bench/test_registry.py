@@ -64,3 +64,9 @@ def test_missing_ablation_weights_say_how_to_train(tmp_path):
     assert missing is not None and "make train-ablation-da" in missing and "not trained" in missing
     present = R._weights_ok(R.ROOT / "resources" / "models" / "hsscl-0.2.0.safetensors", "x")()
     assert present == R._hsscl_ok()
+
+
+def test_only_the_best_guess_row_collects_an_answer_after_exit_code_3():
+    """Exit code 3 is the CLI's refusal (issue A); with --keep-best-guess its outputs, if written, are the answer."""
+    assert R.TOOLS["hsscl_guess"].ok_rcs == (0, 3)
+    assert all(t.ok_rcs == (0,) for n, t in R.TOOLS.items() if n != "hsscl_guess")

@@ -118,6 +118,9 @@ def test_headline_and_family_tables_have_the_refused_and_wrong_columns(tmp_path)
     line = next(ln for ln in head.splitlines() if ln.startswith("| probe |"))
     assert line == "| probe | 6 | 17% | 33% | 50% | 6.50 | 1 | 1 | 2 | 1.00 | 10× |"
     assert "| – | – | – |" in next(ln for ln in head.splitlines() if ln.startswith("| do nothing |"))
+    wrong = text.split("## Our wrong answers")[1].split("\n## ")[0]
+    assert "| probe | d | 4.00 | – | – |" in wrong and "| probe | e | 9.00 | – | – |" in wrong
+    assert "| probe | c |" not in wrong                                 # a refusal is not a wrong answer
     fam = text.split("## Per tool and family")[1].split("## ")[0]
     assert any(ln.startswith("| **probe** | **all** | 6 |") and "| 1 | 1 | 2 |" in ln for ln in fam.splitlines())
 
