@@ -1,7 +1,9 @@
 """A cheap guess of a raster layer's modality (SAR / optical / multispectral) for the dock's hints.
 
-Only band count, data type, band descriptions and the file name are looked at; nothing is read. The engine
-makes its own decision when the modality is "auto"; this is a hint for the user.
+Band count, data type, band descriptions and the file name are looked at; for 3-4 bands of integers a small
+overview (at most 256 px) is read to tell a colour composite of SAR channels (Pauli RGB, dual-pol) from an
+optical RGB image by the engine's statistics (engine/modality.py, rule 6). The engine makes its own decision
+when the modality is "auto"; this is a hint for the user, who can set the modality in the panel.
 """
 from __future__ import annotations
 
@@ -16,6 +18,35 @@ FLOAT_TYPES = {Qgis.DataType.Float32, Qgis.DataType.Float64, Qgis.DataType.CFloa
                Qgis.DataType.CInt16, Qgis.DataType.CInt32}
 
 LABELS = {"sar": "SAR", "optical": "optical", "multispectral": "multispectral"}
+OVERVIEW_PX = 256
+_COMPOSITE_CACHE: dict[str, bool] = {}
+
+
+def sar_composite(path: str, bands: int) -> bool:
+    """Whether the raster at ``path`` looks like a colour composite of SAR channels (small overview read)."""
+    if path in _COMPOSITE_CACHE:
+        return _COMPOSITE_CACHE[path]
+    result = False
+    try:
+        import numpy as np
+        from osgeo import gdal
+
+        from ..engine.modality import COMPOSITE_HP_CORR, COMPOSITE_MAX_FLAT, composite_statistics
+
+        ds = gdal.OpenEx(path, gdal.OF_RASTER)
+        if ds is not None and ds.RasterCount >= 3:
+            scale = min(1.0, OVERVIEW_PX / max(ds.RasterXSize, ds.RasterYSize))
+            w, h = max(1, round(ds.RasterXSize * scale)), max(1, round(ds.RasterYSize * scale))
+            data = np.stack([ds.GetRasterBand(b).ReadAsArray(buf_xsize=w, buf_ysize=h).astype(np.float32)
+                             for b in range(1, min(3, bands) + 1)])
+            if min(w, h) >= 48:
+                corr, flat = composite_statistics(data, np.ones(data.shape[1:], bool))
+                result = bool(corr < COMPOSITE_HP_CORR and flat < COMPOSITE_MAX_FLAT)
+        ds = None
+    except Exception:  # a hint must never break the panel (unreadable file, missing scipy...)
+        result = False
+    _COMPOSITE_CACHE[path] = result
+    return result
 
 
 def guess_modality(layer: QgsRasterLayer | None) -> tuple[str | None, str]:
@@ -35,6 +66,10 @@ def guess_modality(layer: QgsRasterLayer | None) -> tuple[str | None, str]:
         return "multispectral", f"{bands} bands"
     if dtype in FLOAT_TYPES and bands <= 2:
         return "sar", f"{bands} floating-point band(s)"
+    source = layer.source().split("|")[0]
+    if 3 <= bands <= 4 and dtype not in FLOAT_TYPES and layer.providerType() == "gdal" and \
+            sar_composite(source, bands):
+        return "sar", f"{bands} bands whose fine detail differs between bands: a colour composite of SAR channels"
     return "optical", f"{bands} band(s) of integers" if dtype not in FLOAT_TYPES else f"{bands} bands"
 
 

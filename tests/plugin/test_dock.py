@@ -305,3 +305,29 @@ def test_confidence_shown_when_the_report_has_it(dock, pair_layers, fake_pipelin
     monkeypatch.setattr(fake_pipeline, "coregister", with_confidence)
     ok, _ = run_and_wait(dock)
     assert ok and "confidence 87 %" in dock.statusLabel.text()
+
+
+def test_sar_colour_composite_hint(dock, project, tmp_path):
+    """A dual-pol colour composite (3 bands of Byte) is hinted as SAR, an optical RGB image as optical."""
+    import glob
+
+    import numpy as np
+    from osgeo import gdal
+
+    from .conftest import BEN, DATA
+
+    vv = sorted(glob.glob(str(BEN / "BigEarthNet-S1-Example" / "*_87_48" / "*_VV.tif")))
+    rgb = DATA / "mmim_jiang2021_RemoteSensing" / "SAR_Optical" / "SO1a.png"
+    if not vv or not rgb.is_file():
+        pytest.skip("shared data not found")
+    a = gdal.Open(vv[0]).ReadAsArray().astype(float)
+    b = gdal.Open(vv[0].replace("_VV.tif", "_VH.tif")).ReadAsArray().astype(float)
+    path = str(tmp_path / "dualpol_rgb.tif")
+    ds = gdal.GetDriverByName("GTiff").Create(path, a.shape[1], a.shape[0], 3, gdal.GDT_Byte)
+    for i, band in enumerate(((a + 25) / 25, (b + 30) / 25, (a - b) / 15)):
+        ds.GetRasterBand(i + 1).WriteArray(np.clip(band * 255, 0, 255).astype(np.uint8))
+    ds = None
+    composite, optical = add_raster(path, "composite"), add_raster(str(rgb), "rgb")
+    choose(dock, optical, composite)
+    assert dock.targetHint.text() == "SAR" and "composite" in dock.targetHint.toolTip()
+    assert dock.referenceHint.text() == "optical"
