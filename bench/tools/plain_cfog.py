@@ -116,30 +116,45 @@ def _down(img: np.ndarray, valid: np.ndarray, f: float) -> tuple:
 
 # ---- 1. global FFT search ----------------------------------------------------------------------------------
 
-def _ncc_shift(dr: np.ndarray, mr: np.ndarray, dw: np.ndarray, mw: np.ndarray, radius: float) -> tuple:
+def _zero_mean(d: np.ndarray, m: np.ndarray) -> np.ndarray:
+    d = d.copy()
+    if m.any():
+        d -= d[:, m].mean(axis=1)[:, None, None]
+    d[:, ~m] = 0
+    return d
+
+
+class _RefSpectra:
+    """The reference side of the masked NCC, transformed once for every trial of the global search."""
+
+    def __init__(self, dr: np.ndarray, mr: np.ndarray, radius: float):
+        from scipy import fft
+
+        h, w = mr.shape
+        pad = int(np.ceil(radius)) + 2                 # shifts up to the radius do not wrap around
+        self.shape, self.mr = (fft.next_fast_len(h + pad, True), fft.next_fast_len(w + pad, True)), mr
+        r = _zero_mean(dr, mr)
+        self.FR = np.conj(fft.rfft2(r, self.shape))
+        self.FR2 = np.conj(fft.rfft2((r ** 2).sum(axis=0), self.shape))
+        self.FM = np.conj(fft.rfft2(mr.astype(np.float32), self.shape))
+
+
+def _ncc_shift(ref: _RefSpectra, dw: np.ndarray, mw: np.ndarray, radius: float) -> tuple:
     """Best shift t (q -> q + t in the warped target) by masked, zero-mean NCC over all CFOG channels: (score, t)."""
-    h, w = mr.shape
-    shp = (2 * h, 2 * w)
-    fft, ifft = np.fft.rfft2, np.fft.irfft2
+    from scipy import fft as sfft
 
-    def zero_mean(d, m):
-        d = d.copy()
-        if m.any():
-            d -= d[:, m].mean(axis=1)[:, None, None]
-        d[:, ~m] = 0
-        return d
-
-    r, v = zero_mean(dr, mr), zero_mean(dw, mw)
-    FR, FV = fft(r, shp), fft(v, shp)
-    corr = ifft((np.conj(FR) * FV).sum(axis=0), shp)
-    fmr, fmw = fft(mr.astype(np.float32), shp), fft(mw.astype(np.float32), shp)
-    er = ifft(np.conj(fft((r ** 2).sum(axis=0), shp)) * fmw, shp)
-    ev = ifft(np.conj(fmr) * fft((v ** 2).sum(axis=0), shp), shp)
-    n = ifft(np.conj(fmr) * fmw, shp)
+    shp = ref.shape
+    fft, ifft = sfft.rfft2, sfft.irfft2
+    v = _zero_mean(dw, mw)
+    corr = ifft((ref.FR * fft(v, shp)).sum(axis=0), shp)
+    fmw = fft(mw.astype(np.float32), shp)
+    er = ifft(ref.FR2 * fmw, shp)
+    ev = ifft(ref.FM * fft((v ** 2).sum(axis=0), shp), shp)
+    n = ifft(ref.FM * fmw, shp)
     score = corr / np.sqrt(np.maximum(er * ev, 1e-9))
     ty = np.fft.fftfreq(shp[0], 1 / shp[0])[:, None]
     tx = np.fft.fftfreq(shp[1], 1 / shp[1])[None, :]
-    ok = (np.hypot(tx, ty) <= radius) & (n >= 0.3 * min(mr.sum(), mw.sum()))
+    ok = (np.hypot(tx, ty) <= radius) & (n >= 0.3 * min(ref.mr.sum(), mw.sum()))
     if not ok.any():
         return -np.inf, np.zeros(2)
     score = np.where(ok, score, -np.inf)
@@ -152,16 +167,16 @@ def global_search(ref: np.ndarray, rv: np.ndarray, tgt: np.ndarray, tv: np.ndarr
     f = max(1.0, max(ref.shape) / COARSE)
     rc, rvc, Sr = _down(ref, rv, f)
     tc, tvc, St = _down(tgt, tv, f)
-    dr = cfog(rc, rvc, 1.0)
     size = (rc.shape[1], rc.shape[0])
     cr = np.array([rc.shape[1], rc.shape[0]]) / 2.0
     ct = np.array([tc.shape[1], tc.shape[0]]) / 2.0
     radius = SHIFT_FRACTION * min(rc.shape)
+    spectra = _RefSpectra(cfog(rc, rvc, 1.0), rvc, radius)
 
     def trial(theta: float, s: float) -> tuple[float, np.ndarray]:
         A = _sim(theta, s, cr, ct)
         w, wv = _warp_into(tc, tvc, A, size)
-        sc, t = _ncc_shift(dr, rvc, cfog(w, wv, 1.0), wv, radius)
+        sc, t = _ncc_shift(spectra, cfog(w, wv, 1.0), wv, radius)
         return sc, A @ _shift(t)
 
     best = (-np.inf, None, 0.0, 1.0)
