@@ -303,6 +303,13 @@ def main(argv: list[str] | None = None) -> int:
                         + "python -m bench.run " + " ".join(argv or sys.argv[1:]))}
     raw.write_text(json.dumps({"info": info, "rows": rows}, indent=1, default=float))
     print(f"[bench] {len(rows)} runs in {total / 60:.1f} min; raw results in {raw}", flush=True)
+    from bench.report import speed_vs_plain_cfog
+
+    sp = speed_vs_plain_cfog(rows)
+    if sp:
+        print(f"[bench] time per pair (median, {sp['pairs']} pairs): hsscl {sp['ours_s']:.2f} s, plain CFOG "
+              f"{sp['peer_s']:.2f} s: {sp['ratio_of_medians']:.1f}x (median per-pair ratio {sp['median_ratio']:.1f}x)",
+              flush=True)
     if a.out:
         from bench import report
 
