@@ -102,12 +102,13 @@ def add_results(results: dict, anchor: QgsMapLayer | None, target_name: str,
             added["OUTPUT"] = layer
             if hide_anchor and anchor is not None:
                 set_visible(anchor, False, project)
-    if results.get("MATCHES"):
-        layer = add_vector(results["MATCHES"], f"{target_name} match lines", "matches", "matches", project)
-        if layer is not None:
-            added["MATCHES"] = layer
+    # tie points first, the match lines (arrows) last: on top, so the arrows read above the points
     if results.get("TIEPOINTS"):
         layer = add_vector(results["TIEPOINTS"], f"{target_name} tie points", "tiepoints", "tiepoints", project)
         if layer is not None:
             added["TIEPOINTS"] = layer
+    if results.get("MATCHES"):
+        layer = add_vector(results["MATCHES"], f"{target_name} match lines", "matches", "matches", project)
+        if layer is not None:
+            added["MATCHES"] = layer
     return added

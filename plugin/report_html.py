@@ -164,7 +164,7 @@ def tiepoints_svg(rows: list[dict[str, Any]], width: int, height: int, size: int
                              f'stroke-width="0.6"><title>residual {res:.2f} px</title></circle>')
         else:
             parts.append(f'<path d="M{x - 3:.1f},{y - 3:.1f}L{x + 3:.1f},{y + 3:.1f}M{x - 3:.1f},{y + 3:.1f}'
-                         f'L{x + 3:.1f},{y - 3:.1f}" stroke="#888" stroke-width="1.2"><title>outlier</title></path>')
+                         f'L{x + 3:.1f},{y - 3:.1f}" stroke="#ff28c8" stroke-width="1.4"><title>outlier</title></path>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -284,7 +284,7 @@ def build_report_html(report: dict[str, Any], tiepoints_gpkg: str, reference: st
     parts.append("<h2>Tie points</h2>")
     parts.append(f"<figure>{tiepoints_svg(rows, width, height)}<figcaption>Tie points on the reference "
                  "(residual ≤ 0.5 px dark green, ≤ 1 light green, ≤ 2 yellow, ≤ 5 orange, more red; squares: check "
-                 "points; crosses: outliers)"
+                 "points; magenta crosses: outliers)"
                  "</figcaption></figure>")
     parts.append(f"<figure>{histogram_svg(rows)}<figcaption>Residuals of the inliers</figcaption></figure>")
     ref_img = preview(reference, reference)
