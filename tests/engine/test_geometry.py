@@ -73,6 +73,20 @@ def test_tps_reproduces_an_affine_exactly():
     assert rms(model(fresh), AFFINE(fresh)) < 1e-6
 
 
+def test_weighted_tps_solves_its_regularised_system():
+    """The fit is the regularised thin-plate spline: at each control, model - target = -(lambda / w) x its
+    radial weight, and the radial weights are orthogonal to the affine part (sum w = sum w x = sum w y = 0)."""
+    rng = np.random.default_rng(4)
+    src = points(300, seed=4)
+    dst = wave(src) + rng.normal(0, 0.3, src.shape)
+    w = rng.uniform(0.2, 1.0, len(src))
+    model = ThinPlateSpline.fit(src, dst, w)
+    radial = np.asarray(model.weights_)
+    np.testing.assert_allclose(model(src) - dst, -(model.smoothing / w)[:, None] * radial, rtol=0, atol=1e-6)
+    side = np.concatenate([src, np.ones((len(src), 1))], axis=1).T @ radial
+    np.testing.assert_allclose(side, 0.0, rtol=0, atol=1e-6)
+
+
 def test_affine_helpers_are_consistent():
     sim = Affine.from_similarity(1.02, 3.0, 4.0, -2.0, center=(100.0, 50.0))
     c = np.array([[100.0, 50.0]])
