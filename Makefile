@@ -55,3 +55,9 @@ include bench/bench.mk
 # issue 18: the packaged zip in a clean QGIS profile: enable, list, help, run; asserts the release bar
 check-plugin: setup
 	bash scripts/check_plugin.sh
+
+# faults tried as a user would (issue 22, docs/batch.md "Faults"): disk full (tmpfs: run as root), racing runs,
+# SIGKILLs, a user's files, SIGTERM, a real Dask scheduler lost; about 10 minutes on 2 cores
+.PHONY: check-faults
+check-faults: setup
+	bash scripts/check_faults.sh

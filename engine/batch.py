@@ -32,7 +32,7 @@ from .io.outputset import OutputSet, foreign_entries, recover, verify
 
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = ("row", "id", "reference", "target", "status", "model", "rmse_check_px", "rmse_fit_px",
-                   "inliers", "seconds", "outdir", "message")
+                   "inliers", "confidence", "seconds", "outdir", "message")
 #: Exit status of ``hsscl batch`` when at least one pair failed or was not run (the others still ran).
 EXIT_PAIRS_FAILED = 1
 #: How long a batch on a Dask scheduler waits for a worker before it gives up (``--wait-workers``).
@@ -47,6 +47,9 @@ OPTION_COLUMNS: dict[str, tuple[str, str]] = {
     "max_shift": ("max_shift_px", "float"), "max_shift_px": ("max_shift_px", "float"),
     "adapt_budget": ("adapt_budget_s", "float"), "adapt_budget_s": ("adapt_budget_s", "float"),
     "max_rotation_deg": ("max_rotation_deg", "float"), "max_scale_change": ("max_scale_change", "float"),
+    "max_rotation": ("max_rotation_deg", "float"), "max_scale": ("max_scale_change", "float"),
+    "min_confidence": ("min_confidence", "float"), "keep_best_guess": ("keep_best_guess", "bool"),
+    "any_rotation": ("any_rotation", "bool"),
     "denoise": ("denoise", "bool"), "no_denoise": ("denoise", "notbool"), "adapt": ("adapt", "bool"),
     "ref_bands": ("ref_bands", "bands"), "tgt_bands": ("tgt_bands", "bands"),
     "extent": ("extent", "extent"), "weights": ("weights", "path"),
@@ -259,7 +262,8 @@ def _parse_row(n: int, line: int, header: list[str], cells: list[str], base: Pat
 def _metrics(report: dict[str, Any]) -> dict[str, Any]:
     r = report.get("rmse_px", {})
     return {"model": report.get("model", {}).get("kind", ""), "rmse_check_px": r.get("check"),
-            "rmse_fit_px": r.get("fit"), "inliers": report.get("counts", {}).get("inliers")}
+            "rmse_fit_px": r.get("fit"), "inliers": report.get("counts", {}).get("inliers"),
+            "confidence": report.get("confidence")}
 
 
 class TerminatedBySignal(KeyboardInterrupt):
@@ -502,7 +506,12 @@ def run_batch(manifest: str | os.PathLike, outdir: str | os.PathLike, defaults: 
                 if rec is not None:  # it finished on its worker although its answer never came back
                     results[row.row] = _summary_row(row, out, status="ok", **_metrics(rec),
                                                     message="finished (its outputs verify against its report.json)")
-                elif interrupted:
+            n_done = sum(results[row.row]["status"] in ("ok", "failed") for row, _t in tasks if row.row in results)
+            stopped = stopped.replace("{done}", str(n_done))
+            for row, _task in tasks:
+                if row.row in results:
+                    continue
+                if interrupted:
                     results[row.row] = _summary_row(
                         row, out, status="cancelled",
                         message=f"cancelled ({interrupted}) before it finished; run the batch again to do it")
@@ -650,8 +659,7 @@ def _collect(client, pending, on_done, where, total, wait_workers, tell, cancell
         if not pending:
             return
         if _lost(None, client) or any(f.status == "cancelled" for _r, _t, f in pending.values()):
-            done = total - len(pending)
-            raise BatchStopped(f"lost the Dask scheduler at {where} after {done} of {total} pair(s) had finished; "
+            raise BatchStopped(f"lost the Dask scheduler at {where} after {{done}} of {total} pair(s) had finished; "
                                "start the scheduler and its workers again and run the same command to do the rest "
                                "(finished pairs are skipped)")
         n = _worker_count(client)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -25,7 +26,7 @@ PARTIAL_DIR = ".hsscl-partial"
 LOCK_NAME = "lock"
 _INFO_OFFSET = 1  # byte 0 is the one locked on Windows (it cannot be read there while locked)
 
-if os.name == "nt":  # pragma: no cover - exercised on Windows only
+if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
     import msvcrt
 
     def _try_lock(fd: int) -> bool:

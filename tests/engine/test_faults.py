@@ -407,7 +407,20 @@ def test_a_lost_scheduler_stops_the_batch_naming_it(tmp_path):
                        "tcp://10.0.0.5:8786", 3, 60, print, Exception)
     assert done == ["row-a"]
     msg = str(err.value)
-    assert "lost the Dask scheduler at tcp://10.0.0.5:8786 after 1 of 3" in msg and "memory" not in msg
+    assert "lost the Dask scheduler at tcp://10.0.0.5:8786 after {done} of 3" in msg and "memory" not in msg
+
+
+def test_a_lost_scheduler_counts_the_pairs_that_finished_on_their_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr(pipeline, "coregister", fake_coregister)
+
+    def lost(tasks, out, results, on_done, *_a):
+        batch.run_pair(tasks[0][1])          # finished on its worker, its answer lost with the scheduler
+        raise BatchStopped("lost the Dask scheduler at tcp://h:1 after {done} of 3 pair(s) had finished")
+    monkeypatch.setattr(batch, "_run_dask", lost)
+    res = run_batch(manifest(tmp_path), tmp_path / "out", scheduler="tcp://h:1")
+    assert [r["status"] for r in res.rows] == ["ok", "not run", "not run"] and res.exit_code == 1
+    assert res.stopped == "lost the Dask scheduler at tcp://h:1 after 1 of 3 pair(s) had finished"
+    assert "verify" in res.rows[0]["message"] and "memory" not in json.dumps(res.rows)
 
 
 def test_no_workers_is_said_within_seconds_and_given_up(tmp_path):
