@@ -26,11 +26,10 @@ from osgeo import gdal
 from .correction import Correction
 from .errors import CancelledError, InputError, OutputError
 from .geometry.transforms import Affine, Polynomial, Shift, Transform
+from .io.gdal_env import gdal_exceptions
 from .io.output import atomic_path, check_output_file, gdal_close_checked
 from .io.raster import RasterGrid, flip_y, open_dataset, open_raster_info, same_crs, transform_points
 from .progress import Monitor
-
-gdal.UseExceptions()
 
 RESAMPLING = {"near": "near", "nearest": "near", "bilinear": "bilinear", "cubic": "cubic",
               "cubicspline": "cubicspline", "lanczos": "lanczos", "average": "average", "mode": "mode"}
@@ -189,6 +188,7 @@ def _transformer(correction: Correction, out: RasterGrid) -> tuple[list[str], li
     return ["SRC_METHOD=GCP_TPS", "DST_METHOD=NO_GEOTRANSFORM"], list(TPS_GCP_GRIDS), TPS_ERROR_PX
 
 
+@gdal_exceptions()
 def gcp_source(correction: Correction, ds: gdal.Dataset, out: RasterGrid,
                monitor: Monitor) -> tuple[gdal.Dataset, list[str], float]:
     """VRT of ``ds`` with GCPs reproducing the model within :data:`GCP_TOLERANCE_PX` (densified as needed).
@@ -342,6 +342,7 @@ def _regeoreference(correction: Correction, ds: gdal.Dataset, tmp: str, monitor:
         made.clear()
 
 
+@gdal_exceptions()
 def apply_correction(correction: Correction, raster_path: str | os.PathLike, out_path: str | os.PathLike,
                      overwrite: bool = False, monitor: Monitor | None = None,
                      resampling: str = "bilinear") -> str:

@@ -15,13 +15,10 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
-from osgeo import gdal, ogr, osr
+from osgeo import gdal, osr
 
 from ..errors import GeoreferencingError, InputError, NoOverlapError
-
-gdal.UseExceptions()
-ogr.UseExceptions()
-osr.UseExceptions()
+from .gdal_env import gdal_exceptions
 
 GeoTransform = tuple[float, float, float, float, float, float]
 """A GDAL geotransform ``(x0, dx/dcol, dx/drow, y0, dy/dcol, dy/drow)``."""
@@ -158,6 +155,7 @@ class RasterInfo:
 
 # ----------------------------------------------------------------------------------------- opening
 
+@gdal_exceptions()
 def open_dataset(path: str | os.PathLike) -> gdal.Dataset:
     """Open a raster read-only or raise :class:`InputError` saying why it cannot be used."""
     p = os.fspath(path)
@@ -201,6 +199,7 @@ def _grid_of(ds: gdal.Dataset) -> RasterGrid:
     return RasterGrid(ds.RasterXSize, ds.RasterYSize, tuple(gt), wkt)
 
 
+@gdal_exceptions()
 def open_raster_info(path: str | os.PathLike) -> RasterInfo:
     """Describe the raster at ``path``; :class:`InputError` if it is missing, unreadable or not a raster."""
     ds = open_dataset(path)
@@ -236,6 +235,7 @@ def _srs(wkt: str) -> osr.SpatialReference:
     return s
 
 
+@gdal_exceptions()
 def same_crs(a: str | None, b: str | None) -> bool:
     """True if both CRSs are None or both describe the same CRS."""
     if a is None or b is None:
@@ -243,6 +243,7 @@ def same_crs(a: str | None, b: str | None) -> bool:
     return a == b or bool(_srs(a).IsSame(_srs(b)))
 
 
+@gdal_exceptions()
 def transform_points(xy: np.ndarray, src_wkt: str, dst_wkt: str) -> np.ndarray:
     """Transform map coordinates ``xy`` (N, 2) from ``src_wkt`` to ``dst_wkt`` (x = easting/longitude)."""
     p = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
@@ -439,6 +440,7 @@ def _warp_to(ds: gdal.Dataset, src_grid: RasterGrid, blist: list[int], out: Rast
     return data, np.isfinite(data).all(axis=0)
 
 
+@gdal_exceptions()
 def read_bands(path: str | os.PathLike, bands: list[int] | tuple[int, ...] | None = None,
                out_grid: RasterGrid | None = None,
                window: Window | tuple[int, int, int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:

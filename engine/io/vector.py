@@ -25,11 +25,9 @@ import numpy as np
 from osgeo import ogr, osr
 
 from ..errors import InputError, OutputError, OutputExistsError
+from .gdal_env import gdal_exceptions
 from .output import atomic_path, gdal_close_checked
 from .raster import RasterGrid, check_georeferencing, transform_points
-
-ogr.UseExceptions()
-osr.UseExceptions()
 
 REAL_FIELDS = ("ref_x", "ref_y", "tgt_x", "tgt_y", "score", "residual_px")
 INT_FIELDS = ("inlier", "check")
@@ -112,6 +110,7 @@ def _fill(ds: ogr.DataSource, t: dict[str, np.ndarray], ref_pos: np.ndarray, tgt
             ds.ExecuteSQL(f"UPDATE {table} SET srs_id = -1 WHERE table_name IN ({names})")
 
 
+@gdal_exceptions()
 def write_tiepoints_gpkg(path: str | os.PathLike, tiepoints: dict[str, np.ndarray], ref_grid: RasterGrid,
                          tgt_grid: RasterGrid, overwrite: bool = True) -> str:
     """Write layers ``tiepoints`` and ``matches`` to the GeoPackage ``path`` (atomically).
@@ -148,6 +147,7 @@ def write_tiepoints_gpkg(path: str | os.PathLike, tiepoints: dict[str, np.ndarra
     return os.fspath(path)
 
 
+@gdal_exceptions()
 def read_tiepoints_gpkg(path: str | os.PathLike, layer: str = "tiepoints") -> dict[str, np.ndarray]:
     """Read the tie point attributes of ``layer`` (e.g. after editing in QGIS) as a dict of arrays.
 

@@ -276,16 +276,16 @@ def add_ssl4eo(cb: CacheBuilder) -> None:
 
 def build_cache(shared_data: str | Path, out: str | Path, log=print) -> dict:
     """Read every redistributable pair under ``shared_data`` and write the cache ``out`` (.npz)."""
-    from osgeo import gdal
+    from ..io.gdal_env import gdal_exceptions
 
-    gdal.UseExceptions()
     cb = CacheBuilder(Path(shared_data))
     for name, fn in (("bigearthnet", add_bigearthnet), ("gefolki", add_gefolki), ("3mos", add_3mos),
                      ("terramesh", add_terramesh), ("worldcereal", add_worldcereal), ("gfmap", add_gfmap),
                      ("ssl4eo", add_ssl4eo)):
         n0, p0 = len(cb.meta), len(cb.pairs)
         try:
-            fn(cb)
+            with gdal_exceptions():  # a GDAL error skips the source with its message
+                fn(cb)
         except Exception as exc:  # a missing folder in this copy of the data: say so, go on
             log(f"  {name}: skipped ({type(exc).__name__}: {exc})")
             continue
