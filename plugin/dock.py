@@ -214,10 +214,6 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
             text, tip = hint_text(combo.currentLayer())
             label.setText(text)
             label.setToolTip(tip)
-        for combo, modality in ((self.referenceCombo, self.referenceModalityCombo),
-                                (self.targetCombo, self.targetModalityCombo)):
-            guess = guess_modality(combo.currentLayer())[0]
-            modality.setItemText(0, f"Automatic ({hint_text(combo.currentLayer())[0]}?)" if guess else "Automatic")
 
     def _default_apply_raster(self, *_args) -> None:
         if self.targetCombo.currentLayer() is not None:

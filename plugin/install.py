@@ -65,6 +65,7 @@ class PipTask(QgsTask):
                 self.process.terminate()
                 break
         self.result_code = self.process.wait()
+        self.process.stdout.close()
         return self.result_code == 0 and not self.isCanceled()
 
     def cancel(self) -> None:

@@ -226,6 +226,7 @@ class ResidualTable(QgsDockWidget):
                     item.setForeground(colour)
                 self.table.setItem(row, col, item)
         self.table.setSortingEnabled(sorting)
+        self.table.resizeColumnsToContents()
         self._syncing = False
         self._layer_selection_changed()
 

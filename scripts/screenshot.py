@@ -3,7 +3,9 @@
 run (Sentinel-1 SAR co-registered to Sentinel-2 optical, GeFolki patch 11).
 
 Run under a virtual display: ``xvfb-run -a .venv/bin/python scripts/screenshot.py [--data DIR] [--out docs/img]``.
-Writes ``dock_and_canvas.png`` (main window: canvas + dock) and ``canvas_results.png`` (map only).
+Writes ``dock_and_canvas.png`` (main window: canvas, the dock at 350 px, the residual table below the map),
+``canvas_results.png`` (map only), ``residual_table.png`` and ``install_dialog.png`` (the dialog that installs the
+engine's packages, after a run of a stand-in pip that prints what pip prints).
 """
 from __future__ import annotations
 
@@ -31,6 +33,12 @@ class MiniInterface:
 
     def messageBar(self):  # noqa: N802
         return self._bar
+
+    def addDockWidget(self, area, dock):  # noqa: N802
+        self._window.addDockWidget(area, dock)
+
+    def removeDockWidget(self, dock):  # noqa: N802
+        self._window.removeDockWidget(dock)
 
 
 def main() -> int:
@@ -99,6 +107,7 @@ def main() -> int:
     window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
     window.resize(width, height)
     window.show()
+    window.resizeDocks([dock], [350], Qt.Orientation.Horizontal)
     dock.referenceCombo.setLayer(reference)
     dock.targetCombo.setLayer(target)
     dock.deviceCombo.setCurrentIndex(dock.deviceCombo.findData("cpu"))
@@ -125,6 +134,11 @@ def main() -> int:
         coreg.setDefaultContrastEnhancement()
         coreg.renderer().setOpacity(0.5)
     tree.expandAll()
+    if dock.residuals is not None:  # the residual table below the map, worst points first
+        dock.residuals.setMinimumHeight(240)
+        window.resizeDocks([dock.residuals], [240], Qt.Orientation.Vertical)
+        dock.residuals.table.sortItems(1, Qt.SortOrder.DescendingOrder)
+        dock.residuals.table.selectRow(0)
     canvas.setExtent(reference.extent())
     canvas.refreshAllLayers()
     for _ in range(200):
@@ -136,11 +150,46 @@ def main() -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     window.grab().save(str(args.out / "dock_and_canvas.png"))
     canvas.grab().save(str(args.out / "canvas_results.png"))
-    print(f"screenshot: wrote {args.out / 'dock_and_canvas.png'} and canvas_results.png")
+    if dock.residuals is not None:
+        dock.residuals.grab().save(str(args.out / "residual_table.png"))
+    install_dialog(app, window, args.out / "install_dialog.png")
+    print(f"screenshot: wrote {args.out / 'dock_and_canvas.png'}, canvas_results.png, residual_table.png, "
+          "install_dialog.png")
     dock.cleanup()
     QgsApplication.processingRegistry().removeProvider(provider)
     sys.stdout.flush()
     os._exit(0)  # skip Qt/QGIS tear-down order issues at interpreter exit
+
+
+def install_dialog(app, window, path: Path) -> None:
+    """The install dialog as a user meets it with torch and OpenCV missing, after a stand-in pip run (no network)."""
+    import tempfile
+
+    from hsscl.plugin import deps
+    from hsscl.plugin.install import InstallDialog
+
+    status = deps.DependencyStatus(("cv2", "torch"), deps.python_executable(), deps.packages_dir())
+    dialog = InstallDialog(status, window)
+    fake = Path(tempfile.mkdtemp()) / "pip_standin.py"
+    fake.write_text(
+        "import time\n"
+        "lines = ['Looking in indexes: https://download.pytorch.org/whl/cpu, https://pypi.org/simple',\n"
+        "         'Collecting torch==2.13.0', '  Downloading torch-2.13.0+cpu-cp311-cp311-linux_x86_64.whl (190 MB)',\n"
+        "         'Collecting opencv-python-headless', '  Downloading opencv_python_headless-4.12.0-cp37-abi3-"
+        "manylinux_2_17_x86_64.whl (50 MB)', 'Collecting filelock (from torch==2.13.0)',\n"
+        "         'Installing collected packages: filelock, opencv-python-headless, torch']\n"
+        "for line in lines:\n    print(line, flush=True)\n    time.sleep(0.05)\n"
+        "time.sleep(60)\n")  # still "installing" when the picture is taken; cancelled afterwards
+    dialog.command_override = [sys.executable, str(fake)]
+    dialog.show()
+    dialog.install()
+    end = time.monotonic() + 30
+    while "Installing collected" not in dialog.logText.toPlainText() and time.monotonic() < end:
+        app.processEvents()
+        time.sleep(0.02)
+    app.processEvents()
+    dialog.grab().save(str(path))
+    dialog.reject()
 
 
 if __name__ == "__main__":

@@ -246,7 +246,7 @@ def test_defaults_pick_different_rasters_by_modality(qgis_iface, provider, proje
         assert dock.referenceCombo.currentLayer() is optical
         assert dock.targetCombo.currentLayer() is sar
         assert dock.referenceModalityCombo.count() == 4 and dock.targetModalityCombo.currentIndex() == 0
-        assert "SAR" in dock.targetModalityCombo.itemText(0)
+        assert dock.targetHint.text() == "SAR" and dock.targetModalityCombo.currentText() == "Automatic"
         dock.targetModalityCombo.setCurrentIndex(dock.targetModalityCombo.findData("optical"))
         assert dock.coregister_parameters()["TARGET_MODALITY"] == 2  # the user's correction reaches Processing
     finally:
