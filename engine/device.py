@@ -5,12 +5,14 @@ import torch
 
 
 def resolve_device(requested: str = "auto") -> tuple[torch.device, str | None]:
-    """Return the device to use and, when the request could not be honoured, a message saying why."""
+    """Return the device to use and, when the request could not be honoured, a message saying why.
+
+    ``requested``: ``auto`` (CUDA when usable), ``cpu``, ``cuda`` or ``cuda:N`` (a given GPU)."""
     if requested == "cpu":
         return torch.device("cpu"), None
     if torch.cuda.is_available():
-        return torch.device("cuda"), None
-    if requested == "cuda":
+        return torch.device(requested if requested.startswith("cuda:") else "cuda"), None
+    if requested.startswith("cuda"):
         return torch.device("cpu"), ("CUDA was requested but no usable NVIDIA GPU/driver was found by torch; "
                                      "running on the CPU instead (slower, same results).")
     return torch.device("cpu"), None

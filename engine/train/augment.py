@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+MAX_LOOKS = 5  # speckle of 1 to MAX_LOOKS looks
+
 
 @dataclass(frozen=True)
 class AugmentConfig:
@@ -27,6 +29,15 @@ class AugmentConfig:
 
 def _rand(n: int, gen: torch.Generator, device, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
     return (lo + (hi - lo) * torch.rand(n, generator=gen)).to(device).view(n, 1, 1, 1)
+
+
+def speckle_gamma(looks: torch.Tensor, h: int, w: int, gen: torch.Generator) -> torch.Tensor:
+    """Multiplicative speckle of ``looks`` (B,) integer looks in [1, MAX_LOOKS]: Gamma(L, 1) / L per pixel,
+    drawn from ``gen`` as the sum of L unit exponentials (exact for integer L). Returns (B, 1, h, w) on the CPU."""
+    b = looks.shape[0]
+    e = torch.empty(b, MAX_LOOKS, h, w).exponential_(generator=gen)
+    take = torch.arange(MAX_LOOKS).view(1, -1, 1, 1) < looks.view(b, 1, 1, 1)
+    return (e * take).sum(1, keepdim=True) / looks.view(b, 1, 1, 1).float()
 
 
 def _renorm(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -71,9 +82,7 @@ def augment(x: torch.Tensor, valid: torch.Tensor, modality: torch.Tensor, gen: t
     x = torch.where(pick(cfg.p_invert), -x, x)
     x = _renorm(x, valid)
     # speckle: log-gamma noise of L looks (dB-domain images are normalised: scale ~ 4.34 dB / 4 dB)
-    looks = torch.randint(1, 6, (b,), generator=gen).float()
-    g = torch._standard_gamma(looks.view(b, 1, 1, 1).expand(b, 1, h, w).contiguous()) / looks.view(b, 1, 1, 1)
-    g = g.to(dev)
+    g = speckle_gamma(torch.randint(1, MAX_LOOKS + 1, (b,), generator=gen), h, w, gen).to(dev)
     speck = torch.log(g.clamp(min=1e-6)) * _rand(b, gen, dev, 0.4, 1.0)
     sar = (modality.view(b, 1, 1, 1).to(dev) == 0)
     x = torch.where(pick(cfg.p_speckle) & sar, x + speck, x)

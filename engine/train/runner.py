@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,15 +22,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..device import resolve_device
 from ..network.registry import sha256
 from .config import TrainConfig
 from .data import PairCache, WarpRange
 
 
 def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    """The training device, chosen as the engine chooses (:func:`~hsscl.engine.device.resolve_device`); a CUDA
+    request without a usable GPU runs on the CPU with a warning saying so."""
+    device, note = resolve_device(name)
+    if note:
+        warnings.warn(note, stacklevel=2)
+    return device
 
 
 def lr_factor(progress: float, step: int, warmup: int) -> float:
