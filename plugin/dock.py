@@ -97,6 +97,15 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         row, _role = self.reviewLayout.getWidgetPosition(self.applyButton)
         self.reviewLayout.insertRow(row, self.residualsButton)
         self.residualsButton.clicked.connect(lambda: self.show_residuals())
+        self.addPointButton = QPushButton("Add tie point…", self)
+        self.addPointButton.setObjectName("addPointButton")
+        self.addPointButton.setCheckable(True)
+        self.addPointButton.setToolTip("Click a point on the reference: its partner in the target is searched around "
+                                       "the current model and added as a tie point (the fit updates)")
+        self.reviewLayout.insertRow(row + 1, self.addPointButton)
+        self.addPointButton.toggled.connect(self._add_point_mode)
+        self.point_tool = None
+        self.point_task = None
         self.tiePointsCombo.layerChanged.connect(self._review_layer_changed)
         for form in (self.optionsLayout, self.reviewLayout, self.settingsLayout):  # fits a 350 px dock
             form.setRowWrapPolicy(form.RowWrapPolicy.WrapLongRows)
@@ -458,6 +467,86 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         self.residuals.show()
         return self.residuals
 
+    # ---- interactive matching -----------------------------------------------------------------------------
+    def _add_point_mode(self, checked: bool) -> None:
+        if self.canvas is None:
+            return
+        if self.point_tool is None:
+            from .pointmatch import AddTiePointTool
+
+            self.point_tool = AddTiePointTool(self.canvas)
+            self.point_tool.clicked.connect(self.match_at)
+            self.point_tool.deactivated.connect(lambda: self.addPointButton.setChecked(False))
+        if checked:
+            self.canvas.setMapTool(self.point_tool)
+        elif self.canvas.mapTool() is self.point_tool:
+            self.canvas.unsetMapTool(self.point_tool)
+
+    def current_model(self):
+        """The model re-fitted to the review's tie points (the residual table's), or None."""
+        ties = self.tiePointsCombo.currentLayer()
+        if ties is None:
+            return None
+        if self.residuals is None or self.residuals.layer is not ties:
+            self.show_residuals(ties)
+        last = self.residuals.last if self.residuals is not None else None
+        return last.model if last is not None else None
+
+    def match_at(self, point, crs) -> bool:
+        """Search the target partner of the reference position under ``point`` (canvas CRS) in the background."""
+        from qgis.core import QgsCoordinateTransform
+
+        from .pointmatch import PointMatchTask
+
+        reference, ties = self.referenceCombo.currentLayer(), self.tiePointsCombo.currentLayer()
+        target = self.last_target or self.targetCombo.currentLayer()
+        model = self.current_model()
+        if reference is None or target is None or ties is None or model is None or self.point_task is not None:
+            self.statusLabel.setText("Adding a tie point needs the reference, the target and a tie point layer "
+                                     "with enough points for the model (run first).")
+            return False
+        from ..engine.io.raster import open_raster_info
+
+        ref_path, tgt_path = reference.source().split("|")[0], target.source().split("|")[0]
+        ref_grid = open_raster_info(ref_path).grid
+        if crs.isValid() and reference.crs().isValid() and crs != reference.crs():
+            point = QgsCoordinateTransform(crs, reference.crs(), QgsProject.instance()).transform(point)
+        ref_xy = tuple(float(v) for v in ref_grid.map_to_pixel([[point.x(), point.y()]])[0])
+        self.point_task = PointMatchTask(ref_path, tgt_path, ref_xy, model)
+        info = {"ref_grid": ref_grid, "tgt_path": tgt_path, "reference": reference, "ties": ties,
+                "target_crs": target.crs()}
+        self.point_task.taskCompleted.connect(lambda: self._point_matched(info))
+        self.point_task.taskTerminated.connect(lambda: self._point_matched(info))
+        self.statusLabel.setText("Searching the partner of the point in the target…")
+        QgsApplication.taskManager().addTask(self.point_task)
+        return True
+
+    def _point_matched(self, info: dict) -> None:
+        from qgis.core import QgsCoordinateTransform, QgsPointXY
+
+        from ..engine.io.raster import open_raster_info
+        from .pointmatch import add_tiepoint
+
+        task, self.point_task = self.point_task, None
+        if task is None or task.result is None:
+            self.statusLabel.setText(task.error if task is not None and task.error else "No partner found.")
+            return
+        match = task.result
+        fid = add_tiepoint(info["ties"], match, info["ref_grid"], info["reference"].crs())
+        if fid is None:
+            self.statusLabel.setText("The tie point layer cannot be edited.")
+            return
+        if self.point_tool is not None and self.canvas is not None:
+            tgt_xy = open_raster_info(info["tgt_path"]).grid.pixel_to_map([list(match.tgt_xy)])[0]
+            ref_xy = info["ref_grid"].pixel_to_map([list(match.ref_xy)])[0]
+            dest, project = self.canvas.mapSettings().destinationCrs(), QgsProject.instance()
+            from_ref = QgsCoordinateTransform(info["reference"].crs(), dest, project)
+            from_tgt = QgsCoordinateTransform(info["target_crs"], dest, project)
+            self.point_tool.show_pair(from_tgt.transform(QgsPointXY(*tgt_xy)), from_ref.transform(QgsPointXY(*ref_xy)))
+        rmse = self.residuals.last.rmse_fit_px if self.residuals is not None and self.residuals.last else float("nan")
+        self.statusLabel.setText(f"Tie point added: score {match.score:.2f}, {match.shift_px:.1f} px from the model's "
+                                 f"prediction; RMSE of the fit now {rmse:.2f} px.")
+
     def _review_layer_changed(self, layer) -> None:
         if self.residuals is not None and self.residuals.layer is not layer:
             self.residuals.set_layer(layer, self.residuals.kind)
@@ -515,6 +604,14 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
             self.install_dialog.reject()
             self.install_dialog.deleteLater()
             self.install_dialog = None
+        if self.point_task is not None:
+            self.point_task.cancel()
+            self.point_task.waitForFinished(30000)
+            self.point_task = None
+        if self.point_tool is not None:
+            self.point_tool.remove()
+            self.point_tool.deleteLater()
+            self.point_tool = None
         if self.residuals is not None:
             self.residuals.cleanup()
             if self.iface is not None:

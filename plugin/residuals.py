@@ -43,6 +43,7 @@ class Refit:
     rmse_check_px: float | None
     n_used: int
     error: str = ""
+    model: object = None       # the fitted engine Transform (reference px -> target px), None on error
 
 
 def _number(value, default=float("nan")) -> float:
@@ -100,7 +101,7 @@ def refit(points: dict[str, np.ndarray], kind: str) -> Refit:
         return float(np.sqrt(np.mean(values ** 2))) if len(values) else float("nan")
 
     return Refit(kind, ids, residual, role, rms(residual[use]), rms(residual[check]) if check.any() else None,
-                 int(use.sum()))
+                 int(use.sum()), model=model)
 
 
 class NumericItem(QTableWidgetItem):

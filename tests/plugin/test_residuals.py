@@ -118,3 +118,52 @@ def test_dock_opens_the_table_after_a_run(qgis_iface, provider, project, s1s2_pa
     finally:
         dock.cleanup()
         dock.deleteLater()
+
+
+# ---- interactive matching ----------------------------------------------------------------------------------------
+def test_match_point_finds_the_partner_around_a_wrong_model(s1s2_pair):
+    """Real data (S1 onto S2, patch 11): with a model 3.6 px off, the local search still finds the partner where
+    the correct model (a -0.23, -0.24 px shift from a full run) puts it."""
+    from hsscl.engine.geometry.transforms import Shift
+    from hsscl.plugin.pointmatch import match_point
+
+    ref, tgt = s1s2_pair
+    right = match_point(ref, tgt, (120.5, 300.5), Shift((-0.23, -0.24)))
+    wrong = match_point(ref, tgt, (120.5, 300.5), Shift((3.0, -2.0)))
+    assert right.score > 0.2 and right.shift_px < 1.5
+    assert abs(wrong.tgt_xy[0] - right.tgt_xy[0]) < 0.5 and abs(wrong.tgt_xy[1] - right.tgt_xy[1]) < 0.5
+    assert wrong.shift_px > 3
+
+
+def test_add_tie_point_tool_adds_a_point_and_refits(qgis_iface, provider, project, s1s2_pair, fake_pipeline,
+                                                     tmp_path, qgis_canvas):
+    from qgis.core import QgsPointXY
+
+    from hsscl.plugin.dock import HSSCLDock
+
+    from .conftest import add_raster, wait_for
+
+    reference, target = add_raster(s1s2_pair[0], "S2"), add_raster(s1s2_pair[1], "S1")
+    dock = HSSCLDock(qgis_iface)
+    try:
+        dock.referenceCombo.setLayer(reference)
+        dock.targetCombo.setLayer(target)
+        dock.outputFolder.setFilePath(str(tmp_path))
+        done = []
+        dock.finished.connect(lambda ok, res: done.append(ok))
+        assert dock.run() and wait_for(lambda: bool(done), 120) and done == [True]
+        ties = dock.last_layers["TIEPOINTS"]
+        before = ties.featureCount()
+        dock.addPointButton.setChecked(True)
+        assert qgis_canvas.mapTool() is dock.point_tool
+        ext = reference.extent()
+        point = QgsPointXY(ext.xMinimum() + 0.27 * ext.width(), ext.yMaximum() - 0.67 * ext.height())
+        dock.point_tool.clicked.emit(point, reference.crs())
+        assert wait_for(lambda: dock.point_task is None, 120)
+        assert "Tie point added" in dock.statusLabel.text(), dock.statusLabel.text()
+        assert ties.featureCount() == before + 1
+        assert dock.residuals.table.rowCount() == before + 1  # the table re-fitted with the new point
+        ties.rollBack()
+    finally:
+        dock.cleanup()
+        dock.deleteLater()
