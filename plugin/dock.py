@@ -20,7 +20,7 @@ from qgis.core import (
 )
 from qgis.gui import QgsDockWidget, QgsFileWidget, QgsMessageBarItem
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import Qt, QUrl, pyqtSignal, pyqtSlot
+from qgis.PyQt.QtCore import Qt, QTimer, QUrl, pyqtSignal, pyqtSlot
 from qgis.PyQt.QtGui import QDesktopServices
 from qgis.PyQt.QtWidgets import QApplication, QCheckBox, QComboBox, QPushButton
 
@@ -449,7 +449,11 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         else:
             self.reportLabel.setText("")
         self.statusLabel.setText(text)
-        self._message(text, Qgis.MessageLevel.Success, report=self.report_path)
+        # pushed a moment later: QGIS's own "Task complete" notice arrives after the task's result and would
+        # otherwise cover ours ("1 more")
+        self.message_texts = (text, "Open report" if self.report_path else "")
+        report = self.report_path
+        QTimer.singleShot(300, lambda: self._message(text, Qgis.MessageLevel.Success, report=report))
 
     def show_residuals(self, layer=None, model: Any = None):
         """The residual table docked beside the map, for ``layer`` (default: the review's tie point layer); the
