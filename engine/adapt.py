@@ -72,6 +72,7 @@ class AdaptSettings:
     trust_radius_px: float = 40.0    # dense correspondences this close to a pseudo-positive
     max_residual_px: float = 1.5     # inliers farther than this from the affine are not pseudo-positives
     min_pseudo: int = 12
+    min_first_confidence: float = 0.3  # pseudo-positives need a first alignment the verify stage believes in
     norm_tile: int = 512             # tiles for the normalisation statistics
     norm_tiles: int = 4              # per image
     rematch_factor: float = 2.0      # a network (or hybrid) match takes about this many times a CFOG match
@@ -293,6 +294,12 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
         raise first_error
     assert res0 is not None
     note["evidence"]["before"] = evidence(res0.diagnostics)
+    if res0.confidence < s.min_first_confidence:
+        note["why"] = (f"the first match ({first_name}) is not confident enough ({res0.confidence:.0%} < "
+                       f"{s.min_first_confidence:.0%}) to give pseudo-positives: nothing was adapted; the original "
+                       "result is kept")
+        mon.log(f"adaptation: {note['why']}")
+        return res0, descriptor, note
     # the second match costs about the first one (same kind), more when the first used the cheaper CFOG
     reserve = t_first * (1.0 if same_kind else s.rematch_factor)
     note["rematch_reserve_s"] = round(reserve, 2)
@@ -414,28 +421,17 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
             why = f"the adapted network found no reliable alignment ({err.message})"
     note["seconds"] = round(time.perf_counter() - t0, 2)
     if res1 is not None:
-        ev0, ev1 = note["evidence"]["before"], evidence(res1.diagnostics)
-        note["evidence"]["after"] = ev1
-        dis = _disagreement(res0, res1)
-        switch = not same_kind
-        gain = s.min_gain_switch if switch else s.min_gain
-        note["disagreement_px"] = round(dis, 3)
-        if dis > s.max_disagreement_px:
-            why = f"the adapted match disagrees with the verified first alignment by {dis:.1f} px"
-        elif ev1["pass2_inliers"] < s.min_inlier_share * ev0["pass2_inliers"]:
-            why = (f"the adapted match keeps fewer verified tie points ({ev1['pass2_inliers']} vs "
-                   f"{ev0['pass2_inliers']})")
-        elif (switch or hybrid) and ev1["affine_rmse_px"] > ev0["affine_rmse_px"]:
-            why = (f"the adapted match is less precise than the first match ({first_name}): pass-2 affine RMSE "
-                   f"{ev1['affine_rmse_px']:.2f} vs {ev0['affine_rmse_px']:.2f} px")
-        elif ev1["score"] < ev0["score"] + gain:
-            why = (f"the adapted match's evidence ({ev1['score']:.3f}) does not beat the first match's "
-                   f"({ev0['score']:.3f}) by {gain:g}")
-        else:
-            note.update(kept="adapted", why=f"the adapted match's evidence ({ev1['score']:.3f}) beats the first "
-                                            f"match's ({ev0['score']:.3f}) and agrees with it within {dis:.1f} px")
+        # the verify stage judges both on one scale: the adapted match is kept only if it is more confident
+        c0, c1 = res0.confidence, res1.confidence
+        note["evidence"]["after"] = evidence(res1.diagnostics)
+        note["confidence"] = {"before": round(c0, 4), "after": round(c1, 4)}
+        note["disagreement_px"] = round(_disagreement(res0, res1), 3)
+        if c1 > c0:
+            note.update(kept="adapted", why=f"the adapted match's confidence ({c1:.1%}) is higher than the first "
+                                            f"match's ({c0:.1%})")
             mon.log(f"adaptation: {note['why']}")
             return res1, adapted, note
+        why = f"the adapted match's confidence ({c1:.1%}) is not higher than the first match's ({c0:.1%})"
     note["why"] = why + f"; the first match ({first_name}) is kept"
     mon.log(f"adaptation: {note['why']}")
     return res0, descriptor, note

@@ -46,6 +46,21 @@ def _add_matching_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-denoise", action="store_true", help="skip the block-wise adaptive denoising")
     p.add_argument("--max-shift", type=float, help="coarse search radius in reference pixels "
                    "(default: 10%% of the image size capped at 100 px, at least 50 px)")
+    p.add_argument("--max-rotation", type=float, default=10.0, metavar="DEG",
+                   help="largest rotation searched, in degrees, up to 180 (default 10)")
+    p.add_argument("--max-scale", type=float, default=0.10, metavar="FRACTION",
+                   help="largest scale change searched, as a fraction in (0, 1) (default 0.10 = ±10%%)")
+    p.add_argument("--any-rotation", action="store_true",
+                   help="also search any rotation (images turned by 90°, 180° or any angle); always on for images "
+                        "without georeferencing when the first search is not confident")
+    p.add_argument("--no-wider-search", action="store_true",
+                   help="do not try a wider second search when nothing reaches the confidence threshold")
+    p.add_argument("--min-confidence", type=float, metavar="P",
+                   help="accept an alignment only when its confidence (probability that it is within 3 px) is at "
+                        "least P, in [0, 1] (default: the shipped verifier's threshold)")
+    p.add_argument("--keep-best-guess", action="store_true",
+                   help="below the confidence threshold, write the best candidate anyway, marked low-confidence "
+                        "in report.json and the tie-point layer")
     p.add_argument("--extent", type=_extent, help="match only inside xmin,ymin,xmax,ymax (reference CRS)")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--weights", help="network weights (safetensors) to use instead of the shipped ones")
@@ -116,7 +131,10 @@ def _config(ns, **extra):
                        ref_bands=ns.ref_bands, tgt_bands=ns.tgt_bands, ref_modality=ns.ref_modality,
                        tgt_modality=ns.tgt_modality, max_shift_px=ns.max_shift, extent=ns.extent,
                        threads=ns.threads, weights=ns.weights, adapt=ns.adapt,
-                       adapt_budget_s=ns.adapt_budget, descriptor=ns.descriptor, graph=ns.graph, **extra)
+                       adapt_budget_s=ns.adapt_budget, descriptor=ns.descriptor, graph=ns.graph,
+                       max_rotation_deg=ns.max_rotation, max_scale_change=ns.max_scale, any_rotation=ns.any_rotation,
+                       wider_search=not ns.no_wider_search, min_confidence=ns.min_confidence,
+                       keep_best_guess=ns.keep_best_guess, **extra)
 
 
 class _Progress:
@@ -148,6 +166,10 @@ def _run(ns) -> int:
         second = r.get("second_opinion") or {}
         print(f"  descriptor: {r['descriptor']}" + (f" (second opinion: {second['first_descriptor']} found no "
                                                     "reliable alignment)" if second.get("used") else ""))
+        dec = r.get("decision") or {}
+        print(f"  confidence: {r.get('confidence', 0):.1%} that it is within 3 px (threshold {dec.get('threshold', 0):.0%}; "
+              f"{dec.get('chosen', '')})" + ("  LOW CONFIDENCE: best guess kept, review the tie points"
+                                            if dec.get("low_confidence") else ""))
         print(f"  tie points: {res.n_inliers} inliers of {res.n_tiepoints} candidates, "
               f"{r['counts']['check_points']} held out as check points")
         print(f"  residual RMSE: fit {r['rmse_px']['fit']:.3f} px, check "

@@ -32,9 +32,13 @@ class CoregConfig:
     adapt: bool = False              # on-the-fly domain adaptation to the pair
     adapt_budget_s: float = 30.0     # time budget of the adaptation steps
     graph: str = "auto"              # graph refinement of matches: auto (= off: no clear gain measured yet) | on | off
-    max_shift_px: float | None = None  # coarse search radius; None = min(10 % of size, 100 px), at least 40 px
-    max_rotation_deg: float = 5.0
-    max_scale_change: float = 0.05
+    max_shift_px: float | None = None  # coarse search radius; None = 15 % of the size, at least 50 px
+    max_rotation_deg: float = 10.0     # rotation searched (degrees, (0, 180])
+    max_scale_change: float = 0.10     # scale change searched (fraction, (0, 1))
+    any_rotation: bool = False         # also search any rotation (always so for images without georeferencing)
+    wider_search: bool = True          # a wider second search when nothing reaches the confidence threshold
+    min_confidence: float | None = None  # decision threshold on the confidence; None = the verifier's default
+    keep_best_guess: bool = False      # below the threshold, write the best candidate anyway (marked low-confidence)
     overwrite: bool = False
     threads: int | None = None
 
@@ -56,6 +60,15 @@ class CoregConfig:
         if self.max_shift_px is not None and not self.max_shift_px > 0:
             raise InputError(f"The search radius must be positive, got {self.max_shift_px} px.",
                              "Give the search radius in reference pixels, e.g. --max-shift 50, or leave it out.")
+        if not 0.0 < self.max_rotation_deg <= 180.0:
+            raise InputError(f"The rotation range must be in (0, 180] degrees, got {self.max_rotation_deg}.",
+                             "Give the largest rotation to search in degrees, e.g. --max-rotation 15.")
+        if not 0.0 < self.max_scale_change < 1.0:
+            raise InputError(f"The scale range must be a fraction in (0, 1), got {self.max_scale_change}.",
+                             "Give the largest scale change to search as a fraction, e.g. --max-scale 0.1 for ±10 %.")
+        if self.min_confidence is not None and not 0.0 <= self.min_confidence <= 1.0:
+            raise InputError(f"The minimum confidence must be in [0, 1], got {self.min_confidence}.",
+                             "It is a probability, e.g. --min-confidence 0.8; leave it out for the default.")
         if not self.adapt_budget_s > 0:
             raise InputError(f"The adaptation budget must be positive, got {self.adapt_budget_s} s.")
 
@@ -67,7 +80,8 @@ class CoregConfig:
             from .errors import InputError
 
             raise InputError(f"Unknown option(s): {', '.join(sorted(unknown))}.")
-        return cls(**{k: v for k, v in overrides.items() if v is not None or k in ("weights", "extent")})
+        return cls(**{k: v for k, v in overrides.items()
+                      if v is not None or k in ("weights", "extent", "min_confidence")})
 
     def replace(self, **changes: Any) -> CoregConfig:
         return replace(self, **changes)

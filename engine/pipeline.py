@@ -90,8 +90,9 @@ def _versions() -> dict[str, str]:
 
 
 def default_max_shift(width: int, height: int) -> float:
-    """Coarse search radius: 10 % of the image size capped at 100 px, but at least 50 px."""
-    return float(max(50.0, min(0.1 * max(width, height), 100.0)))
+    """Coarse search radius: 15 % of the image size (no cap: a wrong georeferencing grows with the scene),
+    but at least 50 px."""
+    return float(max(50.0, 0.15 * max(width, height)))
 
 
 def _extent_window(grid: RasterGrid, extent: tuple[float, float, float, float]) -> Window:
@@ -201,7 +202,8 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
     MV = torch.from_numpy(pt.valid)[None, None].to(device)
     t = time.perf_counter()
     with mon.stage(0.15, 0.85 if plan is None else 0.3, "matching" if plan is None else "matching (decimated)"):
-        res, descriptor, adapt_note, second_note = _match(R, RV, M, MV, descriptor, settings, config, device, mon)
+        res, descriptor, adapt_note, second_note, decision, search_note = _match(
+            R, RV, M, MV, descriptor, settings, config, device, mon, ref_grid.georeferenced)
     if plan is not None:  # whole scene: tiles matched under the decimated result, merged (engine/scene.py)
         with mon.stage(0.3, 0.85, "matching tiles"):
             res = plan.match_tiles(res, descriptor, pr.modality.modality, pt.modality.modality, device, mon)
@@ -241,6 +243,10 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
         "descriptor": getattr(descriptor, "name", str(descriptor)),
         "device": str(device), "device_note": device_note, "adaptation": adapt_note or "off",
         "second_opinion": second_note,
+        "confidence": round(decision.confidence, 4),
+        "decision": decision.to_dict(),
+        "verify": res.diagnostics.get("verify"),
+        "search": search_note,
         "config": config.to_dict(),
         "model": {"kind": fit.kind, "reason": fit.reason, "params": fit.model.to_dict(), "cv_rmse_px": fit.cv_rmse},
         "counts": {"candidates": len(ties), "inliers": ties.n_inliers, "check_points": int(fit.check.sum()),
@@ -256,39 +262,109 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
     return Estimate(ties, correction, report)
 
 
-def _match(R, RV, M, MV, descriptor, settings: MatchSettings, config: CoregConfig, device, mon: Monitor):
-    """Match (adapting the network to the pair when ``config.adapt``: engine/adapt.py); when the descriptor
-    finds no reliable alignment and has a second opinion (:func:`~.descriptors.base.second_opinion`), match
-    again with that one. Returns ``(result, descriptor used, adaptation note, second-opinion note)``; raises
-    the first refusal, told what the second opinion found, when both refuse."""
+def _match(R, RV, M, MV, descriptor, settings: MatchSettings, config: CoregConfig, device, mon: Monitor,
+           georeferenced: bool = True):
+    """Every alternative for this pair, judged by the verify stage on one scale, and the decision on them.
+
+    1. the configured descriptor (adapted to the pair when ``config.adapt``: engine/adapt.py, which keeps the
+       adapted match only when it is more confident);
+    2. when that is below the decision threshold and the descriptor has a second opinion
+       (:func:`~.descriptors.base.second_opinion`), that descriptor;
+    3. when still below it, a wider search (:func:`wider_settings`: larger shift, rotation and scale ranges,
+       and any rotation for images without georeferencing or with ``config.any_rotation``).
+    The most confident wins (:func:`~.decision.decide`). Returns ``(result, descriptor, adaptation note,
+    second-opinion note, decision, search note)``; raises :class:`NotEnoughMatchesError` below the threshold
+    unless ``config.keep_best_guess``."""
+    from .decision import Alternative, decide, threshold
+
+    thr = threshold(config.min_confidence)
+    alts: list[Alternative] = []
+    errors: list[NotEnoughMatchesError] = []
+    adapt_notes: dict[int, Any] = {}
     second = second_opinion(config.descriptor, config.weights)
     first_name = getattr(descriptor, "name", str(descriptor))
     note: dict[str, Any] = {"descriptor": second, "used": False}
-    if second is None:
-        res, descriptor, adapt_note = match_adapted(R, RV, M, MV, descriptor, settings, config, device, mon)
-        return res, descriptor, adapt_note, {"descriptor": None, "used": False}
-    with mon.stage(0.0, 0.5, f"matching ({first_name})"):
+    search_note: dict[str, Any] = {"wider": False}
+
+    def best_conf() -> float:
+        return max((a.confidence for a in alts), default=-1.0)
+
+    def attempt(label: str, desc, s: MatchSettings, adapt: bool) -> None:
         try:
-            res, descriptor, adapt_note = match_adapted(R, RV, M, MV, descriptor, settings, config, device, mon)
-            return res, descriptor, adapt_note, note
+            if adapt:
+                res, d, an = match_adapted(R, RV, M, MV, desc, s, config, device, mon)
+            else:
+                from .matching.matcher import match_pair
+
+                res, d, an = match_pair(R, RV, M, MV, desc, s, monitor=mon), desc, None
         except NotEnoughMatchesError as err:
-            first = err
-    mon.log(f"{first_name} found no reliable alignment; asking {second} for a second opinion")
-    with mon.stage(0.5, 1.0, f"matching ({second}, second opinion)"):
-        try:
-            d2 = get_descriptor(second, None, str(device))
-        except WeightsError as werr:  # e.g. a damaged install: CFOG's refusal is still the answer
-            first.details = (f"{first.details}\nA second opinion ({second}) could not be asked: "
-                             f"{werr.message}").strip()
-            raise first from None
-        try:
-            res, d2, adapt_note = match_adapted(R, RV, M, MV, d2, settings, config, device, mon)
-        except NotEnoughMatchesError as err2:
-            first.details = (f"{first.details}\nA second opinion ({second}) found no reliable alignment either: "
-                             f"{err2.message}").strip()
-            raise first from None
-    note.update(used=True, first_descriptor=first_name, first_refusal=str(first))
-    return res, d2, adapt_note, note
+            errors.append(err)
+            mon.log(f"{label}: {err.message}")
+            return
+        if an is not None and an.get("kept") == "adapted":
+            label = f"{label}, adapted"
+        alts.append(Alternative(label, res, d))
+        adapt_notes[len(alts) - 1] = an
+        mon.log(f"{label}: confidence {res.confidence:.1%}")
+
+    with mon.stage(0.0, 0.45, f"matching ({first_name})"):
+        attempt(first_name, descriptor, settings, True)
+    if second is not None and best_conf() < thr:
+        mon.log(f"{first_name}: confidence below {thr:.0%}; asking {second} for a second opinion")
+        with mon.stage(0.45, 0.7, f"matching ({second}, second opinion)"):
+            try:
+                d2 = get_descriptor(second, None, str(device))
+            except WeightsError as werr:  # e.g. a damaged install: the first answer still stands
+                note["error"] = werr.message
+                d2 = None
+            if d2 is not None:
+                attempt(f"{second} (second opinion)", d2, settings, True)
+    if best_conf() < thr and config.wider_search:
+        wide = wider_settings(settings, R, RV, M, MV, any_rotation=config.any_rotation or not georeferenced)
+        lead = max(alts, key=lambda a: a.confidence) if alts else None
+        d3 = lead.descriptor if lead is not None else descriptor
+        name3 = getattr(d3, "name", str(d3))
+        search_note = {"wider": True, "why": f"no alternative reached the threshold {thr:.0%}",
+                       "max_shift_px": round(wide.max_shift_px, 1), "max_rotation_deg": wide.max_rotation_deg,
+                       "max_scale": wide.max_scale, "rotation_centres": [round(c, 1) for c in wide.rotation_centres]}
+        mon.log(f"no confident alignment yet: a wider search ({name3}; shift ±{wide.max_shift_px:.0f} px, rotation "
+                f"±{wide.max_rotation_deg:g}° around {', '.join(f'{c:.0f}°' for c in wide.rotation_centres)}, "
+                f"scale ±{wide.max_scale:.0%})")
+        with mon.stage(0.7, 1.0, "matching (wider search)"):
+            attempt(f"{name3}, wider search", d3, wide, False)
+    if not alts:
+        raise errors[0]
+    try:
+        best, decision = decide(alts, config.min_confidence, config.keep_best_guess)
+    except NotEnoughMatchesError as err:
+        if note.get("error"):
+            err.details = (f"{err.details}\nA second opinion ({second}) could not be asked: {note['error']}").strip()
+        for an in adapt_notes.values():
+            if an and an.get("why"):
+                err.details = f"{err.details}\nOn-the-fly adaptation: {an['why']}."
+        raise
+    if "second opinion" in best.source:
+        note.update(used=True, first_descriptor=first_name)
+    search_note["chosen"] = best.source
+    mon.log(f"decision: {decision.why}")
+    return best.result, best.descriptor, adapt_notes.get(alts.index(best)), note, decision, search_note
+
+
+def wider_settings(settings: MatchSettings, R, RV, M, MV, any_rotation: bool = False) -> MatchSettings:
+    """The second, wider search: twice the shift (at most 30 % of the image), twice the rotation (at least
+    ±20°) and 1.5 times the scale range (at most ±25 %); with ``any_rotation`` also around the rotations that
+    the images' dominant orientations suggest (:func:`~.matching.orientation.rotation_priors`)."""
+    from dataclasses import replace as _replace
+
+    H, W = R.shape[-2:]
+    shift = min(2.0 * settings.max_shift_px, max(0.3 * max(H, W), settings.max_shift_px))
+    centres: tuple[float, ...] = (0.0,)
+    if any_rotation:
+        from .matching.orientation import rotation_priors
+
+        centres = (0.0,) + tuple(c for c, _ in rotation_priors(R, RV, M, MV))
+    return _replace(settings, max_shift_px=shift, max_rotation_deg=min(max(2.0 * settings.max_rotation_deg, 20.0), 180.0),
+                    max_scale=min(1.5 * settings.max_scale, 0.25), rotation_centres=centres)
 
 
 def coregister(reference: str | os.PathLike, target: str | os.PathLike, outdir: str | os.PathLike,
@@ -307,7 +383,7 @@ def coregister(reference: str | os.PathLike, target: str | os.PathLike, outdir: 
     with OutputSet(outdir, OUTPUT_NAMES, overwrite=config.overwrite, record="report", run_id=run_id) as outset:
         ref_info, tgt_info = open_raster_info(reference), open_raster_info(target)
         out_grid = ref_info if config.grid == "reference" else tgt_info
-        outset.check_space(raster_bytes(out_grid.width, out_grid.height, tgt_info.count, tgt_info.dtypes) + (1 << 20))
+        outset.check_space(raster_bytes(out_grid.width, out_grid.height, tgt_info.count, tgt_info.dtypes) + (1 << 18))
         with mon.stage(0.0, 0.8, "estimating the correction"):
             est = estimate(reference, target, config, mon)
         paths = outset.paths
@@ -320,8 +396,12 @@ def coregister(reference: str | os.PathLike, target: str | os.PathLike, outdir: 
             apply_correction(est.correction, est.report["target"]["path"], outset.temp("raster"), overwrite=True,
                              monitor=mon)
         t_warp = time.perf_counter() - t
+        dec = est.report.get("decision") or {}
         write_tiepoints_gpkg(outset.temp("tiepoints"), est.tiepoints.as_table(), est.correction.reference,
-                             est.correction.target)
+                             est.correction.target,
+                             description=(f"LOW CONFIDENCE ({dec.get('confidence', 0):.0%} < {dec.get('threshold', 0):.0%}):"
+                                          " best guess kept; review the tie points" if dec.get("low_confidence")
+                                          else f"confidence {dec.get('confidence', 0):.0%}"))
         est.correction.save(outset.temp("correction"))
         report["timings_s"] = {**report["timings_s"], "warp": round(t_warp, 3)}
         report["outputs"] = paths

@@ -112,12 +112,13 @@ def _fill(ds: ogr.DataSource, t: dict[str, np.ndarray], ref_pos: np.ndarray, tgt
 
 @gdal_exceptions()
 def write_tiepoints_gpkg(path: str | os.PathLike, tiepoints: dict[str, np.ndarray], ref_grid: RasterGrid,
-                         tgt_grid: RasterGrid, overwrite: bool = True) -> str:
+                         tgt_grid: RasterGrid, overwrite: bool = True, description: str | None = None) -> str:
     """Write layers ``tiepoints`` and ``matches`` to the GeoPackage ``path`` (atomically).
 
     ``tiepoints`` is a dict of equal-length arrays with keys ref_x, ref_y, tgt_x, tgt_y (required),
     score, residual_px (NaN -> NULL), inlier, check (default 1 and 0). An existing file is replaced
     unless ``overwrite`` is false (callers normally checked the output folder with ``prepare_outdir``).
+    ``description``: the layers' description (GeoPackage ``gpkg_contents``), e.g. a low-confidence warning.
     """
     check_georeferencing(ref_grid, tgt_grid)
     t = _table(tiepoints)
@@ -134,6 +135,9 @@ def write_tiepoints_gpkg(path: str | os.PathLike, tiepoints: dict[str, np.ndarra
             ds = ogr.GetDriverByName("GPKG").CreateDataSource(tmp)
             try:
                 _fill(ds, t, ref_pos, tgt_pos, srs)
+                if description:
+                    for name in LAYERS:
+                        ds.GetLayerByName(name).SetMetadataItem("DESCRIPTION", description)
             except BaseException as exc:
                 traceback.clear_frames(exc.__traceback__)  # the frames below must not keep the dataset open
                 with gdal_close_checked(tmp, quiet=True):  # the first error is the one to report

@@ -9,22 +9,7 @@ Shapes:
 from __future__ import annotations
 
 import torch
-
-
-def fast_len(n: int) -> int:
-    """Smallest 2^a 3^b 5^c >= n (fast FFT length)."""
-    best = 1 << (n - 1).bit_length()
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            p = p35
-            while p < n:
-                p *= 2
-            best = min(best, p)
-            p35 *= 3
-        p5 *= 5
-    return best
+from scipy.fft import next_fast_len
 
 
 def _box_sums(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -49,7 +34,7 @@ def _zncc_unmasked(template: torch.Tensor, search: torch.Tensor) -> torch.Tensor
     """Fast path of :func:`masked_zncc` when every pixel is valid: one FFT product plus box sums."""
     b, c, h, w = template.shape
     H, W = search.shape[-2:]
-    size = (fast_len(H), fast_len(W))
+    size = (next_fast_len(H, real=True), next_fast_len(W, real=True))  # 2^a 3^b 5^c
     sab = torch.fft.irfft2((torch.fft.rfft2(template, s=size).conj() * torch.fft.rfft2(search, s=size)).sum(1),
                            s=size)[:, :H - h + 1, :W - w + 1]
     n = float(h * w * c)
@@ -65,11 +50,15 @@ def masked_zncc(template: torch.Tensor, tmask: torch.Tensor, search: torch.Tenso
     """ZNCC of the (masked) template over every valid offset in the (masked) search region.
 
     Offsets where the overlapping valid area is below ``min_overlap`` of the template's valid area get -1.
-    Items whose masks are entirely valid take a cheaper path with the same result.
+    Items whose masks are entirely valid take a cheaper path with the same result. A template batch of one
+    is correlated with every search of the batch (its transforms computed once).
     """
     if template.ndim != 4 or search.ndim != 4:
         raise ValueError("template and search must be (B, C, H, W)")
     full = tmask.flatten(1).all(1) & smask.flatten(1).all(1)
+    if template.shape[0] == 1 and search.shape[0] > 1 and bool(full.any()):
+        n = search.shape[0]  # one template against a batch of searches: the fast path needs it per item
+        template, tmask = template.expand(n, -1, -1, -1), tmask.expand(n, -1, -1, -1)
     if bool(full.any()):
         h, w = template.shape[-2:]
         H, W = search.shape[-2:]
@@ -82,7 +71,7 @@ def masked_zncc(template: torch.Tensor, tmask: torch.Tensor, search: torch.Tenso
         return z, n
     b, c, h, w = template.shape
     H, W = search.shape[-2:]
-    size = (fast_len(H), fast_len(W))
+    size = (next_fast_len(H, real=True), next_fast_len(W, real=True))  # 2^a 3^b 5^c
     tm, sm = tmask.to(template.dtype), smask.to(search.dtype)
     t = template * tm
     s = search * sm

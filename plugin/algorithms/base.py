@@ -110,6 +110,11 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
     THREADS = "THREADS"
     WEIGHTS = "WEIGHTS"
     SEED = "SEED"
+    MAX_ROTATION = "MAX_ROTATION"
+    MAX_SCALE = "MAX_SCALE"
+    ANY_ROTATION = "ANY_ROTATION"
+    MIN_CONFIDENCE = "MIN_CONFIDENCE"
+    KEEP_BEST_GUESS = "KEEP_BEST_GUESS"
 
     _HELP: str = ""
 
@@ -242,6 +247,29 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
             self.SEED, self.tr("Random seed"), NUMBER_INTEGER, defaultValue=0,
             minValue=0),
             "Seed of the robust fitting, so that a run can be repeated exactly.")))
+        self.addParameter(_advanced(_help(QgsProcessingParameterNumber(
+            self.MAX_ROTATION, self.tr("Largest rotation searched (degrees)"), NUMBER_DOUBLE, defaultValue=10.0,
+            minValue=0.5, maxValue=180.0),
+            "Rotations between the images up to this angle are searched (default 10). When nothing is found "
+            "confidently, a wider second search follows.")))
+        self.addParameter(_advanced(_help(QgsProcessingParameterNumber(
+            self.MAX_SCALE, self.tr("Largest scale change searched (fraction)"), NUMBER_DOUBLE, defaultValue=0.10,
+            minValue=0.01, maxValue=0.9),
+            "Scale differences up to this fraction are searched (0.10 = ±10 %, the default).")))
+        self.addParameter(_advanced(_help(QgsProcessingParameterBoolean(
+            self.ANY_ROTATION, self.tr("Search any rotation (turned images)"), defaultValue=False),
+            "Also search images turned by any angle (90°, 180°, ...). Always done for images without "
+            "georeferencing when the first search is not confident.")))
+        self.addParameter(_advanced(_help(QgsProcessingParameterNumber(
+            self.MIN_CONFIDENCE, self.tr("Minimum confidence (0-1; empty = default)"), NUMBER_DOUBLE,
+            optional=True, minValue=0.0, maxValue=1.0),
+            "An alignment is accepted when its confidence (the probability that it is within 3 px, from the "
+            "verifier) reaches this value. Empty: the shipped verifier's threshold.")))
+        self.addParameter(_advanced(_help(QgsProcessingParameterBoolean(
+            self.KEEP_BEST_GUESS, self.tr("Keep the best guess below the confidence threshold"),
+            defaultValue=False),
+            "Write the outputs even when no alignment reaches the minimum confidence; they are marked "
+            "low-confidence (report, tie points) so that the tie points can be reviewed.")))
 
     # ---- parameter conversion ---------------------------------------------------------------------------
     def raster_path(self, parameters: dict[str, Any], name: str, context: QgsProcessingContext
@@ -297,6 +325,12 @@ class HSSCLAlgorithm(QgsProcessingAlgorithm):
             adapt_budget_s=self.parameterAsDouble(parameters, self.ADAPT_BUDGET, context) or 30.0,
             descriptor=self.enum_value(parameters, self.DESCRIPTOR, context, DESCRIPTORS),
             graph=self.enum_value(parameters, self.GRAPH, context, GRAPH_MODES),
+            max_rotation_deg=self.parameterAsDouble(parameters, self.MAX_ROTATION, context) or 10.0,
+            max_scale_change=self.parameterAsDouble(parameters, self.MAX_SCALE, context) or 0.10,
+            any_rotation=self.parameterAsBoolean(parameters, self.ANY_ROTATION, context),
+            min_confidence=(None if parameters.get(self.MIN_CONFIDENCE) in (None, "")
+                            else self.parameterAsDouble(parameters, self.MIN_CONFIDENCE, context)),
+            keep_best_guess=self.parameterAsBoolean(parameters, self.KEEP_BEST_GUESS, context),
             overwrite=overwrite,
             threads=threads,
         )

@@ -45,6 +45,8 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
     N_TIEPOINTS = "N_TIEPOINTS"
     N_INLIERS = "N_INLIERS"
     DESCRIPTOR = "DESCRIPTOR"
+    CONFIDENCE = "CONFIDENCE"
+    LOW_CONFIDENCE = "LOW_CONFIDENCE"
 
     _HELP = (
         "Co-registers a target raster to a reference raster of another modality (SAR, optical, "
@@ -100,6 +102,10 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
             "RMSE on the check points (reference pixels; of the fit when there are no check points)")))
         self.addOutput(QgsProcessingOutputNumber(self.N_TIEPOINTS, self.tr("Number of tie points")))
         self.addOutput(QgsProcessingOutputNumber(self.N_INLIERS, self.tr("Number of inliers")))
+        self.addOutput(QgsProcessingOutputNumber(self.CONFIDENCE, self.tr(
+            "Confidence: probability that the alignment is within 3 px (0-1)")))
+        self.addOutput(QgsProcessingOutputNumber(self.LOW_CONFIDENCE, self.tr(
+            "1 when the result is a best guess kept below the confidence threshold, else 0")))
         self.addOutput(QgsProcessingOutputString(self.DESCRIPTOR, self.tr(
             "Descriptor that gave the result (with '(second opinion)' when the default's first was refused)")))
 
@@ -170,6 +176,17 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
         feedback.pushInfo(self.tr(
             f"RMSE {results[self.RMSE_PX]:.3f} px ({rmse_kind}); {results[self.N_INLIERS]:.0f} inliers of "
             f"{results[self.N_TIEPOINTS]:.0f} tie points."))
+        decision = report.get("decision") or {}
+        results[self.CONFIDENCE] = _number(report.get("confidence"))
+        results[self.LOW_CONFIDENCE] = 1.0 if decision.get("low_confidence") else 0.0
+        if report.get("confidence") is not None:
+            feedback.pushInfo(self.tr(
+                f"Confidence {report['confidence']:.1%} that the alignment is within 3 px (threshold "
+                f"{decision.get('threshold', 0):.0%}): {decision.get('why', '')}."))
+        if decision.get("low_confidence"):
+            feedback.reportError(self.tr(
+                "LOW CONFIDENCE: no alignment reached the threshold; the best guess was kept as asked. Review the "
+                "tie points before using the result."), False)
         second = report.get("second_opinion") or {}
         results[self.DESCRIPTOR] = str(report.get("descriptor") or "") + (" (second opinion)" if second.get("used")
                                                                           else "")
