@@ -150,14 +150,22 @@ class _Progress:
 
 
 def _run(ns) -> int:
+    import os
+
+    if ns.command in ("coregister", "match"):  # bad options and missing inputs are said before torch loads
+        cfg = _config(ns, grid=ns.grid, overwrite=ns.overwrite) if ns.command == "coregister" else _config(ns)
+        for path in ((ns.reference, ns.target) if ns.command == "coregister" else (ns.image_a, ns.image_b)):
+            if not os.path.exists(path) and "://" not in path and not path.startswith("/vsi"):
+                from .errors import InputError
+
+                raise InputError(f"Raster not found: '{path}'.", "Check the path and the file name.")
     from . import pipeline
     from .progress import Monitor
 
     if ns.command == "coregister":
         t0 = time.perf_counter()
         mon = Monitor(_Progress(ns.quiet))
-        res = pipeline.coregister(ns.reference, ns.target, ns.outdir,
-                                  _config(ns, grid=ns.grid, overwrite=ns.overwrite), mon)
+        res = pipeline.coregister(ns.reference, ns.target, ns.outdir, cfg, mon)
         r = res.report
         check = r["rmse_px"]["check"]
         print(f"Co-registered {r['target']['path']} ({r['target']['modality']}) onto "
@@ -200,7 +208,7 @@ def _run(ns) -> int:
         from .io.output import atomic_path, check_output_file
 
         final = check_output_file(ns.out, ns.overwrite)
-        est = pipeline.match(ns.image_a, ns.image_b, _config(ns))
+        est = pipeline.match(ns.image_a, ns.image_b, cfg)
         with atomic_path(final) as tmp:
             est.tiepoints.write_csv(tmp)
         print(f"Wrote {len(est.tiepoints)} tie points ({est.tiepoints.n_inliers} inliers) to {final}")
