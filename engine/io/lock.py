@@ -11,6 +11,7 @@ tries again otherwise, so two runs can never both believe they hold the folder.
 """
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -48,9 +49,11 @@ else:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return False
-        except OSError as exc:  # some network file systems say EACCES/EAGAIN instead
-            if exc.errno in (11, 13, 35):
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):  # how some network file systems say "held"
                 return False
+            if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):  # no locks on this file system: go on
+                return True  # unlocked, as before locks existed (documented in docs/batch.md)
             raise
         return True
 
