@@ -480,11 +480,77 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
 
             self.point_tool = AddTiePointTool(self.canvas)
             self.point_tool.clicked.connect(self.match_at)
+            self.point_tool.moved.connect(self.move_end)
+            self.point_tool.ends_fn = self.tiepoint_ends
             self.point_tool.deactivated.connect(lambda: self.addPointButton.setChecked(False))
         if checked:
             self.canvas.setMapTool(self.point_tool)
         elif self.canvas.mapTool() is self.point_tool:
             self.canvas.unsetMapTool(self.point_tool)
+
+    def _grid(self, layer):
+        """The engine's pixel grid of a raster layer (cached by source)."""
+        from ..engine.io.raster import open_raster_info
+
+        cache = self.__dict__.setdefault("_grids", {})
+        path = layer.source().split("|")[0]
+        if path not in cache:
+            cache[path] = open_raster_info(path).grid
+        return cache[path]
+
+    def _review_layers(self):
+        reference, ties = self.referenceCombo.currentLayer(), self.tiePointsCombo.currentLayer()
+        target = self.last_target or self.targetCombo.currentLayer()
+        return reference, target, ties
+
+    def tiepoint_ends(self) -> list:
+        """Draggable ends of the review's tie points in the canvas CRS: (fid, "reference" | "target", point)."""
+        from qgis.core import QgsCoordinateTransform, QgsPointXY
+
+        reference, target, ties = self._review_layers()
+        if reference is None or target is None or ties is None or self.canvas is None:
+            return []
+        project, dest = QgsProject.instance(), self.canvas.mapSettings().destinationCrs()
+        from_layer = QgsCoordinateTransform(ties.crs(), dest, project)
+        from_tgt = QgsCoordinateTransform(target.crs(), dest, project)
+        grid = self._grid(target)
+        ends = []
+        for f in ties.getFeatures():
+            if not f.hasGeometry():
+                continue
+            ends.append((f.id(), "reference", from_layer.transform(f.geometry().asPoint())))
+            try:
+                xy = grid.pixel_to_map([[float(f["tgt_x"]), float(f["tgt_y"])]])[0]
+            except (TypeError, ValueError, KeyError):
+                continue
+            ends.append((f.id(), "target", from_tgt.transform(QgsPointXY(float(xy[0]), float(xy[1])))))
+        return ends
+
+    def move_end(self, fid: int, end: str, point, crs) -> bool:
+        """Move one end of a tie point to ``point`` (``crs``): the reference position (geometry, ref_x/ref_y) or
+        the target position (tgt_x/tgt_y); the residual table re-fits."""
+        from qgis.core import QgsCoordinateTransform, QgsGeometry
+
+        reference, target, ties = self._review_layers()
+        if reference is None or target is None or ties is None or not (ties.isEditable() or ties.startEditing()):
+            return False
+        layer = reference if end == "reference" else target
+        project = QgsProject.instance()
+        local = QgsCoordinateTransform(crs, layer.crs(), project).transform(point) if crs.isValid() else point
+        px = self._grid(layer).map_to_pixel([[local.x(), local.y()]])[0]
+        names = ("ref_x", "ref_y") if end == "reference" else ("tgt_x", "tgt_y")
+        ties.beginEditCommand(f"Move the {end} end of a tie point")
+        for name, value in zip(names, px):
+            ties.changeAttributeValue(fid, ties.fields().indexOf(name), float(value))
+        if end == "reference":
+            geometry = QgsGeometry.fromPointXY(QgsCoordinateTransform(crs, ties.crs(), project).transform(point)
+                                               if crs.isValid() else point)
+            ties.changeGeometry(fid, geometry)
+        ties.endEditCommand()
+        last = self.residuals.last if self.residuals is not None else None
+        rmse = f"; RMSE of the fit now {last.rmse_fit_px:.2f} px" if last is not None and not last.error else ""
+        self.statusLabel.setText(f"Moved the {end} end of tie point {fid}{rmse}.")
+        return True
 
     def current_model(self):
         """The model re-fitted to the review's tie points (the residual table's), or None."""

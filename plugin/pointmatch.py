@@ -21,7 +21,7 @@ from qgis.core import (
     QgsTask,
     QgsVectorLayer,
 )
-from qgis.gui import QgsMapToolEmitPoint, QgsRubberBand
+from qgis.gui import QgsMapTool, QgsRubberBand
 from qgis.PyQt.QtCore import pyqtSignal
 from qgis.PyQt.QtGui import QColor
 
@@ -167,22 +167,59 @@ def add_tiepoint(layer: QgsVectorLayer, match: PointMatch, ref_grid, source_crs:
     return feature.id() if ok else None
 
 
-class AddTiePointTool(QgsMapToolEmitPoint):
+class AddTiePointTool(QgsMapTool):
     """Click on the reference: ``clicked(map point, canvas CRS)``; the dock runs the search and shows the partner
-    with :meth:`show_pair` (a line from the partner's uncorrected position to the click)."""
+    with :meth:`show_pair` (a line from the partner's uncorrected position to the click). Press near an end of an
+    existing tie point (its reference position or its target position) and drag: ``moved(fid, end, point, CRS)``
+    with ``end`` "reference" or "target" when released. ``ends_fn()`` gives the draggable ends:
+    ``[(fid, end, QgsPointXY in the canvas CRS), ...]`` (set by the dock)."""
 
     clicked = pyqtSignal(QgsPointXY, QgsCoordinateReferenceSystem)
+    moved = pyqtSignal(int, str, QgsPointXY, QgsCoordinateReferenceSystem)
+    TOLERANCE_PX = 8
 
     def __init__(self, canvas) -> None:
         super().__init__(canvas)
         self._canvas = canvas
+        self.ends_fn = lambda: []
+        self._drag: tuple[int, str, QgsPointXY] | None = None
         self.band = QgsRubberBand(canvas, LINE)
         self.band.setColor(QColor(255, 40, 200))
         self.band.setWidth(2)
-        self.canvasClicked.connect(self._on_click)
+        self.drag_band = QgsRubberBand(canvas, LINE)
+        self.drag_band.setColor(QColor(255, 200, 0))
+        self.drag_band.setWidth(2)
 
-    def _on_click(self, point: QgsPointXY, _button) -> None:
-        self.clicked.emit(QgsPointXY(point), self._canvas.mapSettings().destinationCrs())
+    def nearest_end(self, point: QgsPointXY) -> tuple[int, str, QgsPointXY] | None:
+        """The draggable end within TOLERANCE_PX screen pixels of ``point`` (canvas CRS), nearest first."""
+        tolerance = self.TOLERANCE_PX * self._canvas.mapUnitsPerPixel()
+        best, best_d = None, tolerance
+        for fid, end, xy in self.ends_fn():
+            d = math.hypot(xy.x() - point.x(), xy.y() - point.y())
+            if d <= best_d:
+                best, best_d = (fid, end, xy), d
+        return best
+
+    def canvasPressEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        self._drag = self.nearest_end(self.toMapCoordinates(event.pos()))
+
+    def canvasMoveEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        if self._drag is not None:
+            self.drag_band.reset(LINE)
+            self.drag_band.addPoint(self._drag[2], False)
+            self.drag_band.addPoint(self.toMapCoordinates(event.pos()), True)
+
+    def canvasReleaseEvent(self, event) -> None:  # noqa: N802 (Qt name)
+        point = self.toMapCoordinates(event.pos())
+        crs = self._canvas.mapSettings().destinationCrs()
+        drag, self._drag = self._drag, None
+        self.drag_band.reset(LINE)
+        if drag is not None:
+            moved = math.hypot(point.x() - drag[2].x(), point.y() - drag[2].y())
+            if moved > 0.5 * self._canvas.mapUnitsPerPixel():
+                self.moved.emit(int(drag[0]), drag[1], QgsPointXY(point), crs)
+                return
+        self.clicked.emit(QgsPointXY(point), crs)
 
     def show_pair(self, start: QgsPointXY | None, end: QgsPointXY | None) -> None:
         self.band.reset(LINE)
@@ -193,7 +230,9 @@ class AddTiePointTool(QgsMapToolEmitPoint):
     def remove(self) -> None:
         if self._canvas.mapTool() is self:
             self._canvas.unsetMapTool(self)
-        if self.band is not None:
-            self.band.reset(LINE)
-            self._canvas.scene().removeItem(self.band)
-            self.band = None
+        for name in ("band", "drag_band"):
+            band = getattr(self, name)
+            if band is not None:
+                band.reset(LINE)
+                self._canvas.scene().removeItem(band)
+                setattr(self, name, None)

@@ -167,3 +167,81 @@ def test_add_tie_point_tool_adds_a_point_and_refits(qgis_iface, provider, projec
     finally:
         dock.cleanup()
         dock.deleteLater()
+
+
+def test_drag_either_end_refits(qgis_iface, provider, project, s1s2_pair, fake_pipeline, tmp_path, qgis_canvas):
+    """Both ends of a tie point can be dragged: the reference end moves the point (geometry and ref_x/ref_y),
+    the target end its tgt_x/tgt_y; the residual table re-fits each time."""
+    from qgis.core import QgsPointXY
+
+    from hsscl.plugin.dock import HSSCLDock
+
+    from .conftest import add_raster, wait_for
+
+    reference, target = add_raster(s1s2_pair[0], "S2"), add_raster(s1s2_pair[1], "S1")
+    dock = HSSCLDock(qgis_iface)
+    try:
+        dock.referenceCombo.setLayer(reference)
+        dock.targetCombo.setLayer(target)
+        dock.outputFolder.setFilePath(str(tmp_path))
+        done = []
+        dock.finished.connect(lambda ok, res: done.append(ok))
+        assert dock.run() and wait_for(lambda: bool(done), 120) and done == [True]
+        ties = dock.last_layers["TIEPOINTS"]
+        qgis_canvas.setDestinationCrs(reference.crs())
+        qgis_canvas.setExtent(reference.extent())
+        dock.addPointButton.setChecked(True)
+        ends = dock.tiepoint_ends()
+        assert {e for _, e, _ in ends} == {"reference", "target"}
+        used = {f.id() for f in ties.getFeatures() if f["inlier"] and not f["check"]}  # a point in the fit
+        fid, _, start = next(e for e in ends if e[1] == "target" and e[0] in used)
+        assert dock.point_tool.nearest_end(start)[:2] in ((fid, "target"), (fid, "reference"))
+        before = ties.getFeature(fid)
+        rmse_before = dock.residuals.last.rmse_fit_px
+        # drag the target end 5 map units (0.5 px at 10 m) east: tgt_x grows, the fit changes
+        assert dock.move_end(fid, "target", QgsPointXY(start.x() + 50, start.y()), reference.crs())
+        after = ties.getFeature(fid)
+        assert after["tgt_x"] == pytest.approx(before["tgt_x"] + 50 / reference.rasterUnitsPerPixelX(), abs=1e-6)
+        assert after["ref_x"] == before["ref_x"]
+        assert dock.residuals.last.rmse_fit_px != rmse_before
+        assert "RMSE of the fit now" in dock.statusLabel.text()
+        # the reference end moves the point itself
+        ref_end = next(e for e in dock.tiepoint_ends() if e[0] == fid and e[1] == "reference")[2]
+        assert dock.move_end(fid, "reference", QgsPointXY(ref_end.x(), ref_end.y() - 30), reference.crs())
+        moved = ties.getFeature(fid)
+        assert moved["ref_y"] == pytest.approx(before["ref_y"] + 30 / reference.rasterUnitsPerPixelY(), abs=1e-6)
+        assert moved.geometry().asPoint().y() == pytest.approx(ref_end.y() - 30)
+        ties.rollBack()
+    finally:
+        dock.cleanup()
+        dock.deleteLater()
+
+
+def test_tool_press_drag_release_emits_moved_and_click_emits_clicked(qgis_canvas):
+    from qgis.core import QgsPointXY, QgsRectangle
+    from qgis.gui import QgsMapMouseEvent
+    from qgis.PyQt.QtCore import QEvent, QPoint, Qt
+
+    from hsscl.plugin.pointmatch import AddTiePointTool
+
+    qgis_canvas.resize(400, 400)
+    qgis_canvas.setExtent(QgsRectangle(0, 0, 400, 400))
+    tool = AddTiePointTool(qgis_canvas)
+    end_xy = qgis_canvas.getCoordinateTransform().toMapCoordinates(100, 100)
+    tool.ends_fn = lambda: [(7, "target", QgsPointXY(end_xy))]
+    moved, clicked = [], []
+    tool.moved.connect(lambda fid, end, p, crs: moved.append((fid, end)))
+    tool.clicked.connect(lambda p, crs: clicked.append(p))
+
+    def event(kind, x, y):
+        return QgsMapMouseEvent(qgis_canvas, kind, QPoint(x, y), Qt.MouseButton.LeftButton,
+                                Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+
+    tool.canvasPressEvent(event(QEvent.Type.MouseButtonPress, 102, 101))   # within 8 px of the end
+    tool.canvasMoveEvent(event(QEvent.Type.MouseMove, 130, 120))
+    tool.canvasReleaseEvent(event(QEvent.Type.MouseButtonRelease, 140, 120))
+    assert moved == [(7, "target")] and not clicked
+    tool.canvasPressEvent(event(QEvent.Type.MouseButtonPress, 300, 300))   # far from any end: a click
+    tool.canvasReleaseEvent(event(QEvent.Type.MouseButtonRelease, 300, 300))
+    assert len(clicked) == 1 and moved == [(7, "target")]
+    tool.remove()
