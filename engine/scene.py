@@ -36,10 +36,17 @@ from .errors import InputError, NotEnoughMatchesError
 from .geometry.robust import magsac
 from .geometry.transforms import Affine
 from .io.raster import RasterGrid, RasterInfo, Window, read_bands
-from .matching.fine import FineMatches, collect_matches, grid_centres
+from .matching.fine import (
+    FineMatches,
+    collect_matches,
+    cut_patches,
+    grid_centres,
+    sample_with_mask,
+    with_mask,
+)
 from .matching.matcher import MatchResult, MatchSettings
 from .matching.ncc import masked_zncc, subpixel_peak
-from .matching.sampling import pixel_grid, sample
+from .matching.sampling import pixel_grid
 from .preprocess import prepare
 
 TILED_ABOVE_PX = 2048        # windows larger than this on a side are matched tile by tile
@@ -300,21 +307,17 @@ def chip_match(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
     ok = (x0 - border >= 0) & (y0 - border >= 0) & (x0 + template + border <= W) & (y0 + template + border <= H)
     centres, x0, y0 = centres[ok], x0[ok], y0[ok]
     st, sm_ = template + 2 * border, template + 2 * radius + 2 * border
-    r_t = torch.arange(st, device=ref.device)
     local = pixel_grid(sm_, sm_, dtype=torch.float64).reshape(-1, 2).numpy() - (radius + border)
+    mov_both = with_mask(mov, mov_valid)
     out = []
     n_windows = 0
     for i in range(0, len(centres), batch):
         xs, ys = x0[i:i + batch] - border, y0[i:i + batch] - border
-        iy = torch.as_tensor(ys, device=ref.device).view(-1, 1, 1) + r_t.view(1, -1, 1)
-        ix = torch.as_tensor(xs, device=ref.device).view(-1, 1, 1) + r_t.view(1, 1, -1)
-        rc = ref[0, 0][iy, ix][:, None]                      # (n, 1, st, st)
-        rv = ref_valid[0, 0][iy, ix][:, None]
+        rc, rv = cut_patches((ref, ref_valid), ys, xs, st)  # (n, 1, st, st) each
         tl = np.stack([x0[i:i + batch], y0[i:i + batch]], 1).astype(float)  # template top-left corners
         pts = (tl[:, None, :] + local[None]).reshape(-1, 2)
         xy = torch.tensor(model(pts), dtype=torch.float32, device=mov.device).view(len(tl), sm_, sm_, 2)
-        mc = sample(mov, xy)
-        mv = sample(mov_valid.float(), xy) > 0.99
+        mc, mv = sample_with_mask(mov_both, xy)
         b = slice(border, -border)
         tpl = descriptor(rc, rv)[:, :, b, b]
         tm = rv[:, :, b, b]
