@@ -122,26 +122,17 @@ def _tiles(img: torch.Tensor, valid: torch.Tensor, size: int, count: int) -> tor
     return torch.cat([x[..., y:y + s, x0:x0 + s] for _, y, x0 in keep])
 
 
-@torch.no_grad()
 def refresh_norm_stats(model: nn.Module, images: list[tuple[torch.Tensor, torch.Tensor]], s: AdaptSettings
                        ) -> str:
-    """Re-estimate BatchNorm running statistics on tiles of each image (equal weight per image)."""
+    """Re-estimate BatchNorm running statistics on tiles of each image (one forward pass per image, so equal
+    weight per image): torch's ``update_bn`` (reset, cumulative average, momenta restored); eval mode after."""
     bns = _batchnorms(model)
-    momenta = [m.momentum for m in bns]
-    for m in bns:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the forward passes
-    model.train()
-    n = 0
+    batches = [_tiles(img, valid, s.norm_tile, s.norm_tiles) for img, valid in images]
     try:
-        for img, valid in images:
-            x = _tiles(img, valid, s.norm_tile, s.norm_tiles)
-            model(x)
-            n += len(x)
+        torch.optim.swa_utils.update_bn(batches, model)
     finally:
-        for m, mom in zip(bns, momenta):
-            m.momentum = mom
         model.eval()
+    n = sum(len(x) for x in batches)
     if not bns:
         return "the network has no normalisation statistics to refresh"
     return f"BatchNorm statistics of {len(bns)} layers re-estimated on {n} tiles of the two images"
