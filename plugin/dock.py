@@ -32,7 +32,10 @@ from .layers import add_raster, add_results, set_visible
 from .settings import PluginSettings
 
 if TYPE_CHECKING:
+    from .install import InstallDialog
     from .maptool import MatchExtentTool
+    from .pointmatch import AddTiePointTool, PointMatchTask
+    from .residuals import ResidualTable
 
 UI_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "ui", "dock.ui")
 FORM_CLASS, _ = uic.loadUiType(UI_FILE)
@@ -78,8 +81,8 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         self.last_target: QgsMapLayer | None = None
         self.report_path = ""
         self.message_texts: tuple[str, str] = ("", "")
-        self.install_dialog = None
-        self.residuals = None  # the residual table dock (plugin/residuals.py), created on first results
+        self.install_dialog: InstallDialog | None = None
+        self.residuals: ResidualTable | None = None  # the residual table dock, created on first results
 
         for combo in (self.referenceModalityCombo, self.targetModalityCombo):
             for value, label in MODALITIES:
@@ -104,8 +107,8 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
                                        "the current model and added as a tie point (the fit updates)")
         self.reviewLayout.insertRow(row + 1, self.addPointButton)
         self.addPointButton.toggled.connect(self._add_point_mode)
-        self.point_tool = None
-        self.point_task = None
+        self.point_tool: AddTiePointTool | None = None
+        self.point_task: PointMatchTask | None = None
         self.tiePointsCombo.layerChanged.connect(self._review_layer_changed)
         for form in (self.optionsLayout, self.reviewLayout, self.settingsLayout):  # fits a 350 px dock
             form.setRowWrapPolicy(form.RowWrapPolicy.WrapLongRows)
@@ -581,7 +584,8 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         ref_grid = open_raster_info(ref_path).grid
         if crs.isValid() and reference.crs().isValid() and crs != reference.crs():
             point = QgsCoordinateTransform(crs, reference.crs(), QgsProject.instance()).transform(point)
-        ref_xy = tuple(float(v) for v in ref_grid.map_to_pixel([[point.x(), point.y()]])[0])
+        px = ref_grid.map_to_pixel([[point.x(), point.y()]])[0]
+        ref_xy = (float(px[0]), float(px[1]))
         self.point_task = PointMatchTask(ref_path, tgt_path, ref_xy, model)
         info = {"ref_grid": ref_grid, "tgt_path": tgt_path, "reference": reference, "ties": ties,
                 "target_crs": target.crs()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from qgis.core import QgsApplication
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
+from qgis.PyQt.QtWidgets import QAction, QToolBar
 
 from . import deps
 from .algorithms.base import ICON
@@ -21,7 +21,7 @@ class HSSCLPlugin:
         self.provider: HSSCLProvider | None = None
         self.action: QAction | None = None
         self.install_action: QAction | None = None
-        self.toolbar = None
+        self.toolbar: QToolBar | None = None
         self.dock = None
         # packages installed by the plugin (Install… in the panel) live in its folder of the QGIS profile;
         # appended to sys.path (after QGIS's own), removed again on unload
@@ -43,9 +43,10 @@ class HSSCLPlugin:
         self.action.setToolTip("Show the HSSCL Co-register panel (multimodal raster co-registration)")
         self.action.toggled.connect(self._toggle_dock)
         # the plugin's own toolbar: the Raster toolbar is hidden in a fresh profile
-        self.toolbar = self.iface.addToolBar("HSSCL Co-register")
-        self.toolbar.setObjectName("HSSCLToolbar")
-        self.toolbar.addAction(self.action)
+        toolbar = self.iface.addToolBar("HSSCL Co-register")
+        toolbar.setObjectName("HSSCLToolbar")
+        toolbar.addAction(self.action)
+        self.toolbar = toolbar
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.install_action = QAction("Install Python packages…", self.iface.mainWindow())
         self.install_action.setObjectName("hssclInstallPackages")

@@ -8,6 +8,7 @@ sub-pixel peak, :func:`engine.scene.chip_match`); it knows nothing of Qt and run
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -181,7 +182,7 @@ class AddTiePointTool(QgsMapTool):
     def __init__(self, canvas) -> None:
         super().__init__(canvas)
         self._canvas = canvas
-        self.ends_fn = lambda: []
+        self.ends_fn: Callable[[], list[tuple[int, str, QgsPointXY]]] = lambda: []
         self._drag: tuple[int, str, QgsPointXY] | None = None
         self.band = QgsRubberBand(canvas, LINE)
         self.band.setColor(QColor(255, 40, 200))

@@ -257,32 +257,36 @@ class ResidualTable(QgsDockWidget):
         self._syncing = False
 
     # ---- edits ------------------------------------------------------------------------------------------
-    def _editable(self) -> bool:
-        if self.layer is None:
-            return False
-        return self.layer.isEditable() or self.layer.startEditing()
+    def _editable(self) -> QgsVectorLayer | None:
+        """The layer, in editing mode (None when there is none or it cannot be edited)."""
+        layer = self.layer
+        if layer is None or not (layer.isEditable() or layer.startEditing()):
+            return None
+        return layer
 
     def toggle_selected(self) -> None:
         ids = self.selected_ids()
-        if not ids or not self._editable():
+        layer = self._editable() if ids else None
+        if layer is None:
             return
-        field = self.layer.fields().indexOf("inlier")
+        field = layer.fields().indexOf("inlier")
         if field < 0:
             return
-        self.layer.beginEditCommand("Toggle tie points")
+        layer.beginEditCommand("Toggle tie points")
         for fid in ids:
-            current = bool(_number(self.layer.getFeature(fid)["inlier"], 1.0))
-            self.layer.changeAttributeValue(fid, field, 0 if current else 1)
-        self.layer.endEditCommand()
+            current = bool(_number(layer.getFeature(fid)["inlier"], 1.0))
+            layer.changeAttributeValue(fid, field, 0 if current else 1)
+        layer.endEditCommand()
         self.refresh()
 
     def delete_selected(self) -> None:
         ids = self.selected_ids()
-        if not ids or not self._editable():
+        layer = self._editable() if ids else None
+        if layer is None:
             return
-        self.layer.beginEditCommand("Delete tie points")
-        self.layer.deleteFeatures(ids)
-        self.layer.endEditCommand()
+        layer.beginEditCommand("Delete tie points")
+        layer.deleteFeatures(ids)
+        layer.endEditCommand()
         self.refresh()
 
     def cleanup(self) -> None:
