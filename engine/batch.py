@@ -472,7 +472,7 @@ def run_batch(manifest: str | os.PathLike, outdir: str | os.PathLike, defaults: 
                 continue
             if message:
                 tell(f"{row.id}: {message}")
-            task = {"reference": row.reference, "target": row.target, "outdir": str(out / row.folder),
+            task: dict[str, Any] = {"reference": row.reference, "target": row.target, "outdir": str(out / row.folder),
                     "config": config.replace(overwrite=action == "redo").to_dict(), "run_id": new_run_id(),
                     "note": message}
             tasks.append((row, task))
@@ -643,13 +643,13 @@ def _collect(client, pending, on_done, where, total, wait_workers, tell, cancell
                         break
                     values = {"status": "failed", "message": f"its result could not be fetched ({exc})"}
             elif fut.status == "error":
-                exc = fut.exception(timeout=5)
-                if isinstance(exc, KilledWorker):
-                    values = {"status": "failed", "message": f"the worker running this pair stopped twice ({exc}); "
+                err = fut.exception(timeout=5)
+                if isinstance(err, KilledWorker):
+                    values = {"status": "failed", "message": f"the worker running this pair stopped twice ({err}); "
                               "it may have run out of memory: lower --workers for very large rasters"}
                 else:
                     values = {"status": "failed", "message": f"the worker running this pair failed "
-                              f"({type(exc).__name__}: {exc})"}
+                              f"({type(err).__name__}: {err})"}
             elif fut.status == "cancelled":
                 break  # we cancel only after Ctrl-C: a cancel here is the scheduler's connection lost
             else:
