@@ -215,12 +215,22 @@ class Verifier:
 
 @lru_cache(maxsize=4)
 def load_verifier(path: str | None = None) -> Verifier | None:
-    """The shipped verifier (None while it has not been fitted: the heuristic below judges then)."""
-    p = Path(path) if path else MODELS_DIR / VERIFIER_FILE
-    if not p.exists():
-        if path:
-            return Verifier.load(p)  # raises a clear WeightsError
+    """The verifier in ``path``, or the shipped one named ``verifier`` in the model registry (its sha256
+    checked); None when the registry names none (a verifier being fitted: the heuristic below judges then)."""
+    if path:
+        return Verifier.load(path)
+    from ..errors import WeightsError
+    from ..network.registry import read_registry, sha256
+
+    entry = read_registry().get("models", {}).get("verifier")
+    if entry is None:
         return None
+    p = MODELS_DIR / entry["file"]
+    if not p.exists():
+        raise WeightsError(f"The shipped verifier '{entry['file']}' is missing.", "Reinstall the plugin.")
+    if sha256(p) != entry["sha256"]:
+        raise WeightsError(f"The shipped verifier '{entry['file']}' is damaged (checksum mismatch).",
+                           "Reinstall the plugin.")
     return Verifier.load(p)
 
 

@@ -197,7 +197,7 @@ def test_both_refusals_are_reported_when_the_second_opinion_refuses_too(shared_d
     with pytest.raises(NotEnoughMatchesError) as exc:
         pipeline.estimate(ref, noise, CoregConfig(seed=0))
     assert "below the threshold" in exc.value.message
-    assert "learned-cfog (second opinion)" in exc.value.details  # every alternative tried is listed
+    assert "learned-cfog (second opinion)" in exc.value.hint  # every alternative tried is listed
 
 
 def test_missing_second_opinion_weights_leave_cfogs_refusal(shared_data, tmp_path, monkeypatch):

@@ -9,6 +9,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -74,7 +75,7 @@ def test_confidence_rises_with_evidence():
     for head in ("candidate", "final"):
         assert judge(strong, head).confidence > judge(weak, head).confidence
         assert 0.0 <= judge(weak, head).confidence <= 1.0
-    assert log_nfa(100, 70, 20.0, 4) < log_nfa(100, 12, 20.0, 4) < 1.0
+    assert log_nfa(100, 70, 20.0, 4) < -20 < log_nfa(100, 12, 20.0, 4)  # 12 of 100 may be chance: NFA > 1
 
 
 def test_the_shipped_verifier_is_calibrated_on_held_apart_folds():
@@ -103,7 +104,7 @@ def test_decision_takes_the_most_confident_alternative_and_refuses_below_the_thr
     assert "highest confidence" in dec.why and dec.candidates[0] == {"source": "cfog", "confidence": 0.4}
     with pytest.raises(NotEnoughMatchesError) as exc:
         decide(alts, min_confidence=0.9)
-    assert "confidence of 80%" in exc.value.message and "--keep-best-guess" in exc.value.details
+    assert "confidence of 80%" in exc.value.message and "--keep-best-guess" in exc.value.hint
     best, dec = decide(alts, min_confidence=0.9, keep_best_guess=True)
     assert not dec.accepted and dec.low_confidence and best.confidence == 0.8
     # the former fixed rule accepted this evidence (30 of 80 agree, decoy 10 %): refusing it now is a change
@@ -170,10 +171,11 @@ def test_adaptation_that_lowers_the_confidence_is_not_kept(monkeypatch, gefolki_
         return res
 
     monkeypatch.setattr(adapt, "match_pair", fake)
-    est = pipeline.estimate(ref, tgt, CoregConfig(seed=0, descriptor="hsscl", adapt=True, adapt_budget_s=8.0))
+    monkeypatch.setattr(adapt, "DEFAULT", replace(adapt.DEFAULT, max_steps=2))  # keeps the test short
+    est = pipeline.estimate(ref, tgt, CoregConfig(seed=0, descriptor="hsscl", adapt=True, adapt_budget_s=300.0))
     note = est.report["adaptation"]
     if len(calls) < 2:
         pytest.skip(f"the budget did not allow a second match on this machine: {note.get('why')}")
     assert note["kept"] == "original" and "not higher" in note["why"], note
-    assert math.isclose(est.report["confidence"], calls[0].confidence, rel_tol=1e-6)
+    assert math.isclose(est.report["confidence"], calls[0].confidence, abs_tol=1e-4)
     assert np.isfinite(note["confidence"]["after"])
