@@ -210,14 +210,11 @@ def _network(descriptor, config, device):
     after another descriptor (CFOG) the registry's default / ``config.weights``."""
     from .descriptors.hsscl import HSSCLDescriptor
     from .descriptors.hybrid import HybridDescriptor
-    from .descriptors.staged import StagedDescriptor
 
     if isinstance(descriptor, HybridDescriptor):
         return descriptor.network.model, descriptor.network.info
     if isinstance(descriptor, HSSCLDescriptor):
         return descriptor.model, descriptor.info
-    if isinstance(descriptor, StagedDescriptor):
-        return descriptor.refine.model, descriptor.refine.info
     d = HSSCLDescriptor.from_weights(config.weights, str(device))
     return d.model, d.info
 
@@ -227,7 +224,6 @@ def _adapted_descriptor(descriptor, model, device, info: dict):
     network: same levels and modality; after CFOG: the network, all levels)."""
     from .descriptors.hsscl import HSSCLDescriptor
     from .descriptors.hybrid import HybridDescriptor
-    from .descriptors.staged import StagedDescriptor
 
     info = {**info, "adapted": True}
     if isinstance(descriptor, HybridDescriptor):
@@ -236,9 +232,6 @@ def _adapted_descriptor(descriptor, model, device, info: dict):
                                 weight=descriptor.weight, cfog=descriptor.cfog)
     if isinstance(descriptor, HSSCLDescriptor):
         return HSSCLDescriptor(model, device, modality=descriptor.modality, info=info, levels=descriptor.levels)
-    if isinstance(descriptor, StagedDescriptor):
-        one = {k: HSSCLDescriptor(model, device, info=info, levels=d.levels) for k, d in descriptor.stages.items()}
-        return StagedDescriptor(one["coarse"], one["verify"], one["refine"])
     return HSSCLDescriptor(model, device, info=info)
 
 
@@ -253,15 +246,13 @@ def match_adapted(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor,
         return match_pair(ref, ref_valid, mov, mov_valid, descriptor, settings, monitor=monitor), descriptor, None
     from .descriptors.hsscl import HSSCLDescriptor
     from .descriptors.hybrid import HybridDescriptor
-    from .descriptors.staged import StagedDescriptor
 
     s = adapt or DEFAULT
     mon = monitor
     first_name = getattr(descriptor, "name", str(descriptor))
     hybrid = isinstance(descriptor, HybridDescriptor)
-    same_kind = hybrid or isinstance(descriptor, (HSSCLDescriptor, StagedDescriptor))  # re-match: the first's kind
-    network = "hybrid (fine level)" if hybrid else (descriptor.name if isinstance(descriptor, (HSSCLDescriptor,
-                                                                                              StagedDescriptor))
+    same_kind = hybrid or isinstance(descriptor, HSSCLDescriptor)  # re-match: the first's kind
+    network = "hybrid (fine level)" if hybrid else (descriptor.name if isinstance(descriptor, HSSCLDescriptor)
                                                      else "hsscl")
     note: dict[str, Any] = {"kept": "original", "why": "", "first_descriptor": first_name, "network": network,
                             "budget_s": config.adapt_budget_s, "steps": 0, "max_steps": s.max_steps,

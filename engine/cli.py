@@ -70,8 +70,7 @@ def _add_matching_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--descriptor", choices=DESCRIPTORS, default="auto",
                    help="dense descriptor: auto (the current default), cfog (weight-free), learned-cfog (CFOG on the "
                         "learned pre-filter), hsscl (network), hybrid (CFOG beside the network's fine level) or "
-                        "hsscl-fine / -mid / -coarse (one level) or hsscl-staged (coarse level for the search, mid to verify, "
-                        "fine to refine)")
+                        "hsscl-fine / -mid / -coarse (one level)")
     p.add_argument("--graph", choices=GRAPH_MODES, default="auto",
                    help="graph refinement of the matches (GNN): on, off, auto (default; off for now: no clear gain measured)")
 

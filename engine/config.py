@@ -8,8 +8,8 @@ TRANSFORMS = ("auto", "shift", "affine", "poly2", "poly3", "tps")
 GRIDS = ("reference", "target")
 DEVICES = ("auto", "cpu", "cuda")
 MODALITIES = ("auto", "sar", "optical", "multispectral")
-DESCRIPTORS = ("auto", "cfog", "hsscl", "hybrid", "learned-cfog", "hsscl-fine", "hsscl-mid", "hsscl-coarse",
-               "hsscl-staged")  # hsscl-LEVEL, hsscl-staged: ablations
+DESCRIPTORS = ("auto", "cfog", "hsscl", "hybrid", "learned-cfog", "hsscl-fine", "hsscl-mid",
+               "hsscl-coarse")  # hsscl-LEVEL: ablations
 GRAPH_MODES = ("auto", "on", "off")
 
 

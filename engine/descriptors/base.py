@@ -64,10 +64,6 @@ def get_descriptor(name: str = "auto", weights: str | None = None, device: str =
         from .hybrid import HybridDescriptor
 
         return HybridDescriptor(HSSCLDescriptor.from_weights(weights, device, levels=("fine",)))
-    if name == "hsscl-staged":
-        from .staged import StagedDescriptor
-
-        return StagedDescriptor.network_levels(weights, device)
     if name == "hsscl" or name.startswith("hsscl-"):
         from .hsscl import HSSCLDescriptor
 
@@ -79,5 +75,5 @@ def get_descriptor(name: str = "auto", weights: str | None = None, device: str =
         return HSSCLDescriptor.from_weights(weights, device, levels=levels)
     from ..errors import InputError
 
-    raise InputError(f"Unknown descriptor '{name}'.", "Use 'auto', 'cfog', 'learned-cfog', 'hsscl', 'hybrid', 'hsscl-staged' "
+    raise InputError(f"Unknown descriptor '{name}'.", "Use 'auto', 'cfog', 'learned-cfog', 'hsscl', 'hybrid' "
                      "(or one level: hsscl-fine, hsscl-mid, hsscl-coarse).")

@@ -69,22 +69,11 @@ def _spacing(height: int, width: int, template: int, max_points: int, min_spacin
     return max(min_spacing, math.sqrt(area / max_points))
 
 
-def stage_descriptors(descriptor) -> tuple:
-    """(coarse search, verification, refinement) descriptors: one with a ``stages`` mapping names one per
-    stage (:class:`~..descriptors.staged.StagedDescriptor`: the network's levels coarse to fine); any other
-    descriptor serves all three."""
-    stages = getattr(descriptor, "stages", None)
-    if not stages:
-        return descriptor, descriptor, descriptor
-    return stages["coarse"], stages["verify"], stages["refine"]
-
-
 def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mov_valid: torch.Tensor,
                descriptor, settings: MatchSettings, monitor=None, verifier=None) -> MatchResult:
     """Match ``mov`` to ``ref``: hypotheses (coarse search), each judged by the verify stage
     (:mod:`.verify`), the most confident refined to sub-pixel and judged again. Shapes: (1, 1, H, W) float
-    images and bool masks (may differ in size). ``descriptor`` may name one descriptor per stage
-    (:func:`stage_descriptors`).
+    images and bool masks (may differ in size). ``descriptor`` serves all three stages.
 
     Returns the best hypothesis with its confidence (``result.confidence``); it does not decide: the
     decision is :mod:`engine.decision`'s. Raises :class:`NotEnoughMatchesError` only when no hypothesis
@@ -92,7 +81,6 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
     are too small to match."""
     from ..errors import InputError
 
-    d_coarse, d_verify, d_refine = stage_descriptors(descriptor)
     H, W = ref.shape[-2:]
     diag: dict = {}
     t0 = time.perf_counter()
@@ -102,7 +90,7 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
                          f"Both must be at least {settings.min_template} px on each side.")
     ctx = monitor.stage(0.0, 0.3, "coarse search") if monitor else _null()
     with ctx as mon:
-        coarse = coarse_search(ref, ref_valid, mov, mov_valid, d_coarse, settings.max_shift_px,
+        coarse = coarse_search(ref, ref_valid, mov, mov_valid, descriptor, settings.max_shift_px,
                                settings.max_rotation_deg, settings.max_scale, settings.coarse_size,
                                n_candidates=settings.n_candidates, monitor=mon,
                                rotation_centres=settings.rotation_centres)
@@ -120,7 +108,7 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
     h1, w1 = ref1.shape[-2:]
     sx, sy = W / w1, H / h1
     scale1 = np.array([sx, sy])
-    ref_desc1 = d_verify(ref1, rv1)
+    ref_desc1 = descriptor(ref1, rv1)
     tpl1 = max(settings.min_template, int(round(tpl / lv / 8) * 8))
     radius1 = int(np.clip(math.ceil((2.5 * coarse.factor + 6) / lv), 6, 20))
     sp1 = _spacing(h1, w1, tpl1, settings.max_points_pass1, tpl1 / 3)
@@ -129,7 +117,7 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
 
     def verify_under(model):
         fm = fine_match(ref_desc1, rv1, mov1, mv1, _scaled(model, scale1, mscale), centres1, tpl1, radius1,
-                        d_verify)
+                        descriptor)
         fm = FineMatches(fm.ref_xy * scale1, fm.mov_xy * mscale, fm.score, fm.distinct, fm.n_windows)
         try:
             fit = magsac(fm.ref_xy, fm.mov_xy, "affine", max_threshold=3.0, prior=np.clip(fm.score, 0.05, 1),
@@ -188,13 +176,13 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
                          inliers=int(fit1.n_inliers), inlier_ratio=round(fit1.n_inliers / max(fm1.n_windows, 1), 3),
                          affine_rmse=round(fit1.rmse, 3), confidence=round(v1.confidence, 4))
     t2 = time.perf_counter()
-    ref_desc = d_refine(ref, ref_valid)
+    ref_desc = descriptor(ref, ref_valid)
     tpl2 = min(tpl, 64)  # refinement under a good model: smaller windows, more local, cheaper
     sp2 = _spacing(H, W, tpl2, settings.max_points_pass2, max(8.0, tpl2 / 3))
     centres2 = grid_centres(W, H, tpl2, sp2)
     ctx = monitor.stage(0.7, 1.0, "sub-pixel refinement") if monitor else _null()
     with ctx as mon:
-        fm2 = fine_match(ref_desc, ref_valid, mov, mov_valid, fit1.model, centres2, tpl2, 6, d_refine,
+        fm2 = fine_match(ref_desc, ref_valid, mov, mov_valid, fit1.model, centres2, tpl2, 6, descriptor,
                          monitor=mon)
     try:
         fit2 = magsac(fm2.ref_xy, fm2.mov_xy, "affine", max_threshold=2.5, prior=np.clip(fm2.score, 0.05, 1),

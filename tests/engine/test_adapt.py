@@ -214,21 +214,3 @@ def test_hybrid_adapts_its_own_network_and_rematches_as_the_hybrid(monkeypatch):
     assert truth_rmse(est.correction.model) < 1.5
     json.dumps(est.report)
     assert sha256(weights) == before
-
-
-def test_staged_descriptor_adapts_its_own_network_and_keeps_its_stages():
-    """Adaptation after hsscl-staged trains that descriptor's network and re-matches with the same three
-    levels on the adapted copy (not the registry's model, not one fused map)."""
-    import copy
-
-    from hsscl.engine.descriptors import get_descriptor
-    from hsscl.engine.descriptors.staged import StagedDescriptor
-
-    staged = get_descriptor("hsscl-staged")
-    model, info = adapt._network(staged, CoregConfig(), "cpu")
-    assert model is staged.refine.model
-    adapted_model = copy.deepcopy(model)
-    again = adapt._adapted_descriptor(staged, adapted_model, "cpu", info)
-    assert isinstance(again, StagedDescriptor)
-    assert {k: d.levels for k, d in again.stages.items()} == {k: d.levels for k, d in staged.stages.items()}
-    assert all(d.model is adapted_model for d in again.stages.values()) and again.info["adapted"]

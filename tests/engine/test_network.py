@@ -396,17 +396,3 @@ def test_template_loss_trains_the_network_and_the_hybrid_field(mini_cache):
     loss.backward()
     g = net.fine.local.weight.grad
     assert g is not None and float(g.abs().sum()) > 0
-
-
-def test_staged_descriptor_is_the_networks_levels_coarse_to_fine():
-    """'hsscl-staged': the shipped network's coarse level for the search, mid to verify, fine to refine, one
-    model shared; called directly it is the fine level (graph features, adaptation)."""
-    from hsscl.engine.descriptors.staged import StagedDescriptor
-
-    d = get_descriptor("hsscl-staged")
-    assert isinstance(d, StagedDescriptor) and d.name == "hsscl-staged"
-    assert [d.stages[k].levels for k in ("coarse", "verify", "refine")] == [("coarse",), ("mid",), ("fine",)]
-    assert len({id(s.model) for s in d.stages.values()}) == 1
-    x = torch.rand(1, 1, 48, 64)
-    assert torch.equal(d(x), d.stages["refine"](x)) and d.channels == d.stages["refine"].channels
-    assert d.info["stages"] == {"coarse": "hsscl-coarse", "verify": "hsscl-mid", "refine": "hsscl-fine"}
