@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import NotEnoughMatchesError
-from .geometry.robust import choose_model, magsac
+from .geometry.robust import choose_model, robust_fit
 from .geometry.transforms import Transform, fit_model, min_points
 
 CHECK_FRACTION = 0.2
@@ -36,13 +36,14 @@ def fit_correction(ref_xy: np.ndarray, tgt_xy: np.ndarray, score: np.ndarray, ki
     """Fit ``kind`` (or choose it when ``auto``) mapping reference pixels to target pixels.
 
     ``px_scale`` is the size of a reference pixel in target pixels (residuals are reported in
-    reference pixels). With ``robust`` the inliers come from MAGSAC++-style fitting; without (tie points
-    curated by a user), every point is used.
+    reference pixels). With ``robust`` the inliers come from :func:`~.geometry.robust.robust_fit`: OpenCV's
+    USAC with MAGSAC++ scoring, then a weighted (MAGSAC++ IRLS) polish of the requested model; without (tie
+    points curated by a user), every point is used.
     """
     n = len(ref_xy)
     thr = 2.5 * px_scale
     if robust:
-        fit = magsac(ref_xy, tgt_xy, "affine", max_threshold=thr, prior=np.clip(score, 0.05, 1), seed=seed)
+        fit = robust_fit(ref_xy, tgt_xy, "affine", max_threshold=thr, prior=np.clip(score, 0.05, 1), seed=seed)
         inl = fit.inlier
     else:
         inl = np.ones(n, bool)
@@ -56,7 +57,7 @@ def fit_correction(ref_xy: np.ndarray, tgt_xy: np.ndarray, score: np.ndarray, ki
             f"Only {int(inl.sum())} reliable tie points: not enough for a '{kind}' transform.",
             "Use a simpler transform (shift or affine) or a larger area.")
     if robust and kind != "affine":
-        fit = magsac(ref_xy, tgt_xy, kind, max_threshold=thr, prior=np.clip(score, 0.05, 1), seed=seed)
+        fit = robust_fit(ref_xy, tgt_xy, kind, max_threshold=thr, prior=np.clip(score, 0.05, 1), seed=seed)
         inl = fit.inlier
     n_in = int(inl.sum())
     if robust and (n_in < max(MIN_INLIERS, min_points(kind) + 3) or n_in < MIN_INLIER_RATIO * n):
