@@ -199,7 +199,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Fit the verify stage's confidence on the training pairs.")
     ap.add_argument("--samples", type=int, default=400)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--records", help="reuse records (JSON) written by an earlier run instead of matching again")
+    ap.add_argument("--records", nargs="+", help="reuse records (JSON files) written by earlier runs instead of "
+                    "matching again (several: their union, e.g. runs with different seeds)")
     ap.add_argument("--save-records", help="write the collected records (JSON) here")
     ap.add_argument("--out", default=str(ROOT / "resources" / "models" / "verifier-0.1.0.json"))
     ap.add_argument("--threads", type=int, default=1)
@@ -208,7 +209,9 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     if a.records:
-        records = json.loads(Path(a.records).read_text())
+        records = [r for f in a.records for r in json.loads(Path(f).read_text())]
+        for r in records:  # records of runs with other seeds: keep their sample ids distinct
+            r.setdefault("run", 0)
     else:
         records = collect(a.samples, a.seed)
         if a.save_records:
