@@ -39,7 +39,7 @@ class MatchSettings:
     max_points_pass2: int = 300
     min_inliers: int = 6
     n_candidates: int = 4           # hypotheses of the coarse search that the verify stage judges
-    stop_confidence: float = 0.97   # a hypothesis this sure ends the judging of the runners-up
+    stop_confidence: float = 0.9    # a hypothesis this sure ends the judging of the runners-up
     network_verify: bool = True     # the network's look at the result is part of the verify stage's evidence
     seed: int = 0
 
