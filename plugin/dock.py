@@ -439,7 +439,7 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
             if confidence is not None:
                 text += f", confidence {100 * confidence:.0f} %"
             if "second opinion" in str(results.get("DESCRIPTOR", "")):
-                text += f"; descriptor {results['DESCRIPTOR']}: CFOG found no reliable alignment"
+                text += f"; descriptor {results['DESCRIPTOR']}: CFOG alone was below the confidence threshold"
             self.compareButton.setEnabled("OUTPUT" in self.last_layers and target is not None)
             self.compareButton.blockSignals(True)
             self.compareButton.setChecked(False)

@@ -192,7 +192,7 @@ class CoregisterAlgorithm(HSSCLAlgorithm):
                                                                           else "")
         if second.get("used"):
             feedback.pushInfo(self.tr(
-                f"{second.get('first_descriptor')} found no reliable alignment; this result comes from "
+                f"{second.get('first_descriptor')} alone was below the confidence threshold; this result comes from "
                 f"{report.get('descriptor')} (second opinion)."))
         return results
 

@@ -53,14 +53,34 @@ def ben_pairs() -> list[tuple[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def ben_sar_pair() -> tuple[str, str]:
-    """BigEarthNet 36_85 as published: (S2 B04 reference, S1 VV target), 120 x 120, same grid. CFOG alone
-    refuses this pair (measured); CFOG on the learned pre-filter, the default's second opinion, registers it."""
+def ben_sar_pair(tmp_path_factory):
+    """BigEarthNet 36_85: (S2 B04 reference, S1 VV target misregistered by 0.5°, -1 %, (-12, -3) px, the true
+    correction reference px -> target px), 120 x 120. CFOG alone is below the confidence threshold on this
+    pair (measured); CFOG on the learned pre-filter, the default's second opinion, registers it."""
+    import numpy as np
+    from osgeo import gdal
+    from scipy.ndimage import map_coordinates
+
+    from hsscl.engine.geometry.transforms import Affine
+
     s2 = sorted(BEN.glob("BigEarthNet-S2-Example/*_36_85/*_B04.tif"))
     s1 = sorted(BEN.glob("BigEarthNet-S1-Example/*_36_85/*_VV.tif"))
     if not (s1 and s2):
         pytest.skip(f"BigEarthNet patch 36_85 not found under {BEN}")
-    return str(s2[0]), str(s1[0])
+    S = Affine.from_similarity(0.99, 0.5, -12.0, -3.0, center=(60.0, 60.0))  # target px p shows reference S(p)
+    src = gdal.Open(str(s1[0]))
+    yy, xx = np.mgrid[0:120, 0:120] + 0.5
+    s = S(np.stack([xx.ravel(), yy.ravel()], 1))
+    a = src.GetRasterBand(1).ReadAsArray().astype(np.float64)
+    r = map_coordinates(a, [s[:, 1] - 0.5, s[:, 0] - 0.5], order=3, mode="constant", cval=np.nan)
+    out = str(tmp_path_factory.mktemp("ben_sar") / "s1_vv_misregistered.tif")
+    o = gdal.GetDriverByName("GTiff").Create(out, 120, 120, 1, gdal.GDT_Float32)
+    o.SetGeoTransform(src.GetGeoTransform())
+    o.SetProjection(src.GetProjection())
+    o.GetRasterBand(1).SetNoDataValue(float("nan"))
+    o.GetRasterBand(1).WriteArray(r.reshape(120, 120).astype(np.float32))
+    o = src = None
+    return str(s2[0]), out, S.inverse()
 
 
 def pipeline_available() -> bool:

@@ -64,9 +64,10 @@ def test_coregister(provider, engine, s1s2_pair, tmp_path):
 
 
 def test_second_opinion_is_logged_in_processing(provider, ben_sar_pair, real_pipeline, tmp_path):
-    """BigEarthNet 36_85, Sentinel-1 VV onto Sentinel-2 B04 as published (120 px, same grid): CFOG alone is
-    refused on this pair (measured), CFOG on the learned pre-filter registers it; the Processing log says
-    which descriptor gave the result and the correction stays within the S1/S2 grids' 1-2 px agreement."""
+    """BigEarthNet 36_85, Sentinel-1 VV onto Sentinel-2 B04 misregistered by 0.5°, -1 %, (-12, -3) px (120 px):
+    CFOG alone is below the confidence threshold on this pair (measured), CFOG on the learned pre-filter is
+    confident; the Processing log says which descriptor gave the result and with what confidence, and the
+    correction undoes the misregistration within the S1/S2 grids' 1-2 px agreement."""
     import processing
     from qgis.core import QgsProcessingFeedback
 
@@ -85,15 +86,17 @@ def test_second_opinion_is_logged_in_processing(provider, ben_sar_pair, real_pip
     res = processing.run("hsscl:coregister", {"REFERENCE": ben_sar_pair[0], "TARGET": ben_sar_pair[1],
                                               "OUTPUT": str(tmp_path / "co.tif"),
                                               "TIEPOINTS": str(tmp_path / "ties.gpkg")}, feedback=log)
-    assert any("cfog found no reliable alignment" in t and "learned-cfog (second opinion)" in t for t in log.info), \
-        log.info
+    assert any("cfog alone was below the confidence threshold" in t and "learned-cfog (second opinion)" in t
+               for t in log.info), log.info
+    assert any(t.startswith("Confidence ") and "within 3 px" in t for t in log.info), log.info
     with open(res["REPORT_JSON"], encoding="utf-8") as f:
         report = json.load(f)
     assert report["second_opinion"]["used"] and report["descriptor"] == "learned-cfog"
     assert res["DESCRIPTOR"] == "learned-cfog (second opinion)"
-    # the same grid: the correction moves no pixel of the 120 px patch by more than the grids' agreement
+    # the correction undoes the known misregistration within the S1/S2 grids' agreement
     corners = np.array([[0.0, 0.0], [120.0, 0.0], [0.0, 120.0], [120.0, 120.0], [60.0, 60.0]])
-    moved = np.hypot(*(Correction.load(res["CORRECTION"]).model(corners) - corners).T).max()
+    truth = ben_sar_pair[2]
+    moved = np.hypot(*(Correction.load(res["CORRECTION"]).model(corners) - truth(corners)).T).max()
     assert report["model"]["kind"] in ("shift", "affine") and moved < 3.0, report["model"]
 
 
