@@ -94,3 +94,43 @@ def test_cli_range_option_out_of_bounds_exits_2_with_one_line(tmp_path):
                         "--max-rotation", "270"], capture_output=True, text=True)
     assert r.returncode == 2 and "rotation range must be in (0, 180]" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_a_smooth_local_distortion_is_followed_where_an_affine_cannot(data_file, tmp_path):
+    """GeFolki S1 onto S2 with a similarity plus a smooth 3 px local distortion (one sinusoid per axis, 3 px
+    amplitude): the best affine leaves more than 2 px, the automatic model choice takes a non-affine model
+    from the dense pass-2 tie points and comes out within 1.5 px RMSE."""
+    from osgeo import gdal as g
+
+    from hsscl.engine.geometry.transforms import Affine
+
+    ref, s1 = data_file(S2_PATCH), data_file(S1_PATCH)
+    w = h = 448
+    sim = similarity(w, h, 2.0, 1.02, (12.0, -8.0))
+
+    def S(p):  # target px p shows the reference at S(p)
+        p = np.asarray(p, float)
+        d = 3.0 * np.stack([np.sin(2 * np.pi * p[:, 1] / (0.8 * h) + 0.3), np.cos(2 * np.pi * p[:, 0] / (0.85 * w) + 0.8)], 1)
+        return sim(p) + d
+
+    src = g.Open(s1)
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    q = np.stack([xx.ravel(), yy.ravel()], 1)
+    s = S(q)
+    a = src.GetRasterBand(1).ReadAsArray().astype(np.float64)
+    r = map_coordinates(a, [s[:, 1] - 0.5, s[:, 0] - 0.5], order=3, mode="constant", cval=np.nan)
+    tgt = str(tmp_path / "s1_distorted.tif")
+    o = g.GetDriverByName("GTiff").Create(tgt, w, h, 1, g.GDT_Float32)
+    o.SetGeoTransform(src.GetGeoTransform())
+    o.SetProjection(src.GetProjection())
+    o.GetRasterBand(1).SetNoDataValue(float("nan"))
+    o.GetRasterBand(1).WriteArray(r.reshape(h, w).astype(np.float32))
+    o = src = None
+    grid = np.stack(np.meshgrid(np.arange(40, w - 40, 8) + 0.5, np.arange(40, h - 40, 8) + 0.5), -1).reshape(-1, 2)
+    ref_pts = S(grid)                      # reference px of target px `grid`: a correction must map them back
+    best_affine = Affine.fit(ref_pts, grid)
+    affine_rmse = float(np.sqrt(np.mean(np.sum((best_affine(ref_pts) - grid) ** 2, 1))))
+    est = pipeline.estimate(ref, tgt, CoregConfig(seed=0))
+    err = float(np.sqrt(np.mean(np.sum((est.correction.model(ref_pts) - grid) ** 2, 1))))
+    assert affine_rmse > 2.0
+    assert err < 1.5, f"true RMSE {err:.2f} px with a {est.report['model']['kind']} model ({est.report['model']['reason']})"
