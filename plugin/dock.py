@@ -91,8 +91,13 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         self.graphCheck.setObjectName("graphCheck")
         row, _role = self.optionsLayout.getWidgetPosition(self.adaptCheck)
         self.optionsLayout.insertRow(row + 1, self.graphCheck)
+        self.guessCheck = QCheckBox("Keep best guess", self)
+        self.guessCheck.setObjectName("guessCheck")
+        self.guessCheck.setToolTip("When no alignment reaches the confidence threshold, write the best candidate "
+                                   "anyway, marked low-confidence, so that its tie points can be reviewed")
+        self.optionsLayout.insertRow(row + 2, self.guessCheck)
         self.adaptCheck.setToolTip("Fine-tune a copy of the descriptor network on this pair before matching "
-                                   "again; the adapted result is kept only when its evidence is better")
+                                   "again; the adapted result is kept only when it is more confident")
         self.residualsButton = QPushButton("Residual table", self)
         self.residualsButton.setObjectName("residualsButton")
         self.residualsButton.setToolTip("Tie points with their residuals beside the map: sort, select, delete or "
@@ -310,6 +315,7 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
             "GRID": self.gridCombo.currentIndex(),
             "DEVICE": self.deviceCombo.currentIndex(),
             "ADAPT": self.adaptCheck.isChecked(),
+            "KEEP_BEST_GUESS": self.guessCheck.isChecked(),
             "EXTENT": self.extent_parameter(),
             "THREADS": self.threadsSpin.value(),
             "WEIGHTS": self.weightsWidget.filePath() or None,
@@ -440,6 +446,9 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
                 text += f", confidence {100 * confidence:.0f} %"
             if "second opinion" in str(results.get("DESCRIPTOR", "")):
                 text += f"; descriptor {results['DESCRIPTOR']}: CFOG alone was below the confidence threshold"
+            if results.get("LOW_CONFIDENCE"):
+                text = ("LOW CONFIDENCE: no alignment reached the threshold; the best guess was kept. Review its tie "
+                        f"points in the residual table before using it. {text}")
             self.compareButton.setEnabled("OUTPUT" in self.last_layers and target is not None)
             self.compareButton.blockSignals(True)
             self.compareButton.setChecked(False)
@@ -456,7 +465,8 @@ class HSSCLDock(QgsDockWidget, FORM_CLASS):  # type: ignore[valid-type, misc]  #
         # otherwise cover ours ("1 more")
         self.message_texts = (text, "Open report" if self.report_path else "")
         report = self.report_path
-        QTimer.singleShot(300, lambda: self._message(text, Qgis.MessageLevel.Success, report=report))
+        level = Qgis.MessageLevel.Warning if results.get("LOW_CONFIDENCE") else Qgis.MessageLevel.Success
+        QTimer.singleShot(300, lambda: self._message(text, level, report=report))
 
     def show_residuals(self, layer=None, model: Any = None):
         """The residual table docked beside the map, for ``layer`` (default: the review's tie point layer); the

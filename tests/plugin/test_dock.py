@@ -309,6 +309,37 @@ def test_confidence_shown_when_the_report_has_it(dock, pair_layers, fake_pipelin
     assert ok and "confidence 87 %" in dock.statusLabel.text()
 
 
+def test_low_confidence_best_guess_is_a_warning_that_invites_review(dock, pair_layers, fake_pipeline, tmp_path,
+                                                                     monkeypatch):
+    """The dock asks for the best guess when its box is ticked, and a result kept below the confidence threshold
+    is shown as a warning that invites reviewing the tie points (not as a success)."""
+    import json
+
+    reference, target = pair_layers
+    choose(dock, reference, target)
+    dock.outputFolder.setFilePath(str(tmp_path))
+    assert dock.coregister_parameters()["KEEP_BEST_GUESS"] is False
+    dock.guessCheck.setChecked(True)
+    assert dock.coregister_parameters()["KEEP_BEST_GUESS"] is True
+    real = fake_pipeline.coregister
+    seen = {}
+
+    def low(*args, **kwargs):
+        seen["keep"] = args[3].keep_best_guess
+        res = real(*args, **kwargs)
+        res.report.update(confidence=0.41, decision={"accepted": False, "low_confidence": True, "threshold": 0.64,
+                                                     "why": "cfog has the highest confidence (41%)"})
+        with open(res.outputs["report"], "w") as f:
+            json.dump(res.report, f)
+        return res
+
+    monkeypatch.setattr(fake_pipeline, "coregister", low)
+    ok, results = run_and_wait(dock)
+    assert ok and seen["keep"] is True
+    assert results["LOW_CONFIDENCE"] == 1.0
+    assert dock.statusLabel.text().startswith("LOW CONFIDENCE") and "residual table" in dock.statusLabel.text()
+
+
 def test_sar_colour_composite_hint(dock, project, tmp_path):
     """A dual-pol colour composite (3 bands of Byte) is hinted as SAR, an optical RGB image as optical."""
     import glob
