@@ -347,7 +347,8 @@ def _match(R, RV, M, MV, descriptor, settings: MatchSettings, config: CoregConfi
         note.update(used=True, first_descriptor=first_name)
     search_note["chosen"] = best.source
     mon.log(f"decision: {decision.why}")
-    return best.result, best.descriptor, adapt_notes.get(alts.index(best)), note, decision, search_note
+    k = next(i for i, a in enumerate(alts) if a is best)  # by identity: results hold arrays
+    return best.result, best.descriptor, adapt_notes.get(k), note, decision, search_note
 
 
 def wider_settings(settings: MatchSettings, R, RV, M, MV, any_rotation: bool = False) -> MatchSettings:
