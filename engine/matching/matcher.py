@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import NotEnoughMatchesError
-from ..geometry.robust import magsac
+from ..geometry.robust import robust_fit
 from ..geometry.transforms import Affine
 from .coarse import coarse_search
 from .fine import FineMatches, fine_match, grid_centres
@@ -120,7 +120,7 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
                         descriptor)
         fm = FineMatches(fm.ref_xy * scale1, fm.mov_xy * mscale, fm.score, fm.distinct, fm.n_windows)
         try:
-            fit = magsac(fm.ref_xy, fm.mov_xy, "affine", max_threshold=3.0, prior=np.clip(fm.score, 0.05, 1),
+            fit = robust_fit(fm.ref_xy, fm.mov_xy, "affine", max_threshold=3.0, prior=np.clip(fm.score, 0.05, 1),
                          seed=settings.seed)
         except NotEnoughMatchesError:
             fit = None
@@ -185,7 +185,7 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
         fm2 = fine_match(ref_desc, ref_valid, mov, mov_valid, fit1.model, centres2, tpl2, 6, descriptor,
                          monitor=mon)
     try:
-        fit2 = magsac(fm2.ref_xy, fm2.mov_xy, "affine", max_threshold=2.5, prior=np.clip(fm2.score, 0.05, 1),
+        fit2 = robust_fit(fm2.ref_xy, fm2.mov_xy, "affine", max_threshold=2.5, prior=np.clip(fm2.score, 0.05, 1),
                       seed=settings.seed)
     except NotEnoughMatchesError as err:
         raise NotEnoughMatchesError(
