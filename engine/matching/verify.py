@@ -23,11 +23,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "resources" / "models"
-VERIFIER_FILE = "verifier-0.1.0.json"
 INLIER_PX = 3.0           # the robust fit's inlier threshold (full-resolution pixels)
 
 
@@ -80,21 +79,16 @@ def features(ev: Evidence, head: str) -> dict[str, float]:
     return f
 
 
-_NETWORKS: dict = {}
-
-
-def _network(device) -> object | None:
+@lru_cache(maxsize=2)
+def _network(device: str) -> Any:
     """The shipped HSSCL network (mid and coarse levels), loaded once per device; None when it cannot be."""
-    key = str(device)
-    if key not in _NETWORKS:
-        from ..descriptors.hsscl import HSSCLDescriptor
-        from ..errors import HSSCLError
+    from ..descriptors.hsscl import HSSCLDescriptor
+    from ..errors import HSSCLError
 
-        try:
-            _NETWORKS[key] = HSSCLDescriptor.from_weights(None, key, levels=("mid", "coarse"))
-        except HSSCLError:
-            _NETWORKS[key] = None
-    return _NETWORKS[key]
+    try:
+        return HSSCLDescriptor.from_weights(None, device, levels=("mid", "coarse"))
+    except HSSCLError:
+        return None
 
 
 def network_margin(ref, ref_valid, mov, mov_valid, model, size: int = 160, step: int = 6) -> float:
@@ -107,7 +101,7 @@ def network_margin(ref, ref_valid, mov, mov_valid, model, size: int = 160, step:
     from .fine import warp_to_reference
     from .sampling import downsample
 
-    net = _network(ref.device)
+    net = _network(str(ref.device))
     if net is None:
         return 0.0
     H, W = ref.shape[-2:]
@@ -123,7 +117,7 @@ def network_margin(ref, ref_valid, mov, mov_valid, model, size: int = 160, step:
         full = model(np.asarray(xy) * [sx, sy])
         return full / [msx, msy]
 
-    wimg, wval = warp_to_reference(m, mv, reduced, h, w, step)
+    wimg, wval = warp_to_reference(m, mv, reduced, h, w, step)  # type: ignore[arg-type]  # any callable xy -> xy
     with torch.no_grad():
         dr = net(r, rv)
         dm = net(wimg, wval)
@@ -190,7 +184,8 @@ class Head:
 
     @classmethod
     def from_dict(cls, d: dict) -> Head:
-        return cls(**{f.name: (tuple(d[f.name]) if isinstance(d[f.name], list) else d[f.name]) for f in fields(cls)})
+        return cls(**{f.name: (tuple(d[f.name]) if isinstance(d[f.name], list) else d[f.name])  # type: ignore[arg-type]
+                      for f in fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -220,7 +215,7 @@ def load_verifier(path: str | None = None) -> Verifier | None:
     if path:
         return Verifier.load(path)
     from ..errors import WeightsError
-    from ..network.registry import read_registry, sha256
+    from ..network.registry import MODELS_DIR, read_registry, sha256
 
     entry = read_registry().get("models", {}).get("verifier")
     if entry is None:
