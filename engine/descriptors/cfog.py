@@ -61,5 +61,5 @@ class CFOG:
             # gradients next to invalid pixels are artefacts of the fill value
             v = -F.max_pool2d(-v, 5, stride=1, padding=2)
             d = d * v
-        n = torch.linalg.vector_norm(d, dim=1, keepdim=True)
+        n = (d * d).sum(1, keepdim=True).sqrt()  # the channel norm (torch.linalg.vector_norm: ~50x slower here)
         return d / (n + 1e-6 + 0.05 * n.mean(dim=(2, 3), keepdim=True))

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..geometry.transforms import Transform
-from .ncc import masked_zncc, subpixel_peak
+from .ncc import fft_size, masked_zncc, prepare_templates, subpixel_peak
 from .sampling import pixel_grid, sample
 
 
@@ -94,11 +94,13 @@ def cut_patches(tensors: tuple[torch.Tensor, ...], ys: np.ndarray, xs: np.ndarra
 def fine_match(ref_desc: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mov_valid: torch.Tensor,
                model: Transform, centres: np.ndarray, template: int, radius: int, descriptor,
                batch: int = 128, min_valid: float = 0.7, min_search_valid: float = 0.95,
-               monitor=None) -> FineMatches:
+               monitor=None, bank: dict | None = None) -> FineMatches:
     """Match templates at ``centres`` (reference pixel centres).
 
     Shapes: ref_desc (1,C,H,W) descriptor of the reference; ref_valid (1,1,H,W) bool;
     mov (1,1,H2,W2) moving image; mov_valid (1,1,H2,W2) bool.
+    ``bank``: a dict kept by the caller across calls with the same ``ref_desc``, ``ref_valid`` and ``centres``
+    (the verify stage's hypotheses and decoys): the templates' spectra are computed once and kept there.
     """
     if len(centres) == 0:
         return FineMatches.empty()
@@ -119,19 +121,38 @@ def fine_match(ref_desc: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tenso
     ok &= frac >= min_valid
     centres, x0, y0 = centres[ok], x0[ok], y0[ok]
     s = template + 2 * radius
+    # integral image of the warped target's validity: the valid share of every search window
+    svalid = np.pad(wvalid[0, 0].cpu().numpy().astype(np.float64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    prepared = None
+    if bank is not None:
+        key = (template, s, len(centres))
+        if key not in bank:
+            (tpl_all,) = cut_patches((ref_desc,), y0, x0, template)
+            bank[key] = (prepare_templates(tpl_all, fft_size(s, s)) if len(centres) else None)
+        prepared = bank[key]
     out = []
     n_windows = 0
     for i in range(0, len(centres), batch):
         xs, ys = x0[i:i + batch], y0[i:i + batch]
-        tpl, tm = cut_patches((ref_desc, ref_valid), ys, xs, template)
-        sr, sm = cut_patches((d_mov, wvalid), ys, xs, s)
-        z, _ = masked_zncc(tpl, tm, sr, sm, min_overlap=0.6)
-        off, peak, second = subpixel_peak(z, exclusion=2)
-        # a search window cut by the target's edge gives peaks that follow the edge, not the content
-        cut = sm.float().mean(dim=(1, 2, 3)) < min_search_valid
-        n_windows += int((~cut).sum())
-        peak = torch.where(cut, torch.full_like(peak, -1.0), peak)
-        out.append((off.double().cpu().numpy() - radius, peak.cpu().numpy(), (peak - second).cpu().numpy()))
+        # a search window cut by the target's edge gives peaks that follow the edge, not the content: such
+        # windows are left out before correlating (their peak is -1, as if evaluated and discarded)
+        keep = svalid[ys + s, xs + s] - svalid[ys, xs + s] - svalid[ys + s, xs] + svalid[ys, xs] >= \
+            min_search_valid * s * s
+        n_windows += int(keep.sum())
+        peak_all = np.full(len(xs), -1.0, dtype=np.float32)
+        off_all = np.zeros((len(xs), 2))
+        dist_all = np.zeros(len(xs), dtype=np.float32)
+        if keep.any():
+            tpl, tm = cut_patches((ref_desc, ref_valid), ys[keep], xs[keep], template)
+            sr, sm = cut_patches((d_mov, wvalid), ys[keep], xs[keep], s)
+            idx = np.flatnonzero(keep) + i
+            pre = None if prepared is None else tuple(p[idx] for p in prepared)
+            z, _ = masked_zncc(tpl, tm, sr, sm, min_overlap=0.6, prepared=pre)
+            off, peak, second = subpixel_peak(z, exclusion=2)
+            peak_all[keep] = peak.cpu().numpy()
+            off_all[keep] = off.double().cpu().numpy()
+            dist_all[keep] = (peak - second).cpu().numpy()
+        out.append((off_all - radius, peak_all, dist_all))
         if monitor is not None:
             monitor.report(min(1.0, (i + batch) / len(centres)), "fine matching")
     return collect_matches(out, centres, model, n_windows)

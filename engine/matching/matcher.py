@@ -115,9 +115,11 @@ def match_pair(ref: torch.Tensor, ref_valid: torch.Tensor, mov: torch.Tensor, mo
     centres1 = grid_centres(w1, h1, tpl1, sp1)
     mscale = np.array([mov.shape[-1] / mov1.shape[-1], mov.shape[-2] / mov1.shape[-2]])
 
+    bank: dict = {}  # the reference templates' spectra, shared by every hypothesis and decoy
+
     def verify_under(model):
         fm = fine_match(ref_desc1, rv1, mov1, mv1, _scaled(model, scale1, mscale), centres1, tpl1, radius1,
-                        descriptor)
+                        descriptor, bank=bank)
         fm = FineMatches(fm.ref_xy * scale1, fm.mov_xy * mscale, fm.score, fm.distinct, fm.n_windows)
         try:
             fit = robust_fit(fm.ref_xy, fm.mov_xy, "affine", max_threshold=3.0, prior=np.clip(fm.score, 0.05, 1),

@@ -30,28 +30,43 @@ def _zncc(sab, sa, sb, saa, sbb, n) -> torch.Tensor:
     return torch.where(ok, z.clamp(-1.0, 1.0), torch.full_like(z, -1.0))
 
 
-def _zncc_unmasked(template: torch.Tensor, search: torch.Tensor) -> torch.Tensor:
-    """Fast path of :func:`masked_zncc` when every pixel is valid: one FFT product plus box sums."""
+def fft_size(H: int, W: int) -> tuple[int, int]:
+    """The FFT size for searches of H x W: the next 2^a 3^b 5^c lengths."""
+    return next_fast_len(H, real=True), next_fast_len(W, real=True)
+
+
+def prepare_templates(template: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """What the unmasked path needs of fully valid templates (B, C, h, w), for searches of FFT size ``size``:
+    the conjugated spectra, the sums and the sums of squares. Computed once, it serves every search of that
+    size (the verify stage matches the same reference templates under each hypothesis and decoy)."""
+    return (torch.fft.rfft2(template, s=size).conj().resolve_conj(), template.sum(dim=(1, 2, 3)).view(-1, 1, 1),
+            (template * template).sum(dim=(1, 2, 3)).view(-1, 1, 1))
+
+
+def _zncc_unmasked(template: torch.Tensor, search: torch.Tensor,
+                   prepared: tuple[torch.Tensor, ...] | None = None) -> torch.Tensor:
+    """Fast path of :func:`masked_zncc` when every pixel is valid: one FFT product plus box sums.
+    ``prepared``: :func:`prepare_templates` of ``template`` for this search size, when already computed."""
     b, c, h, w = template.shape
     H, W = search.shape[-2:]
-    size = (next_fast_len(H, real=True), next_fast_len(W, real=True))  # 2^a 3^b 5^c
-    sab = torch.fft.irfft2((torch.fft.rfft2(template, s=size).conj() * torch.fft.rfft2(search, s=size)).sum(1),
-                           s=size)[:, :H - h + 1, :W - w + 1]
+    size = fft_size(H, W)
+    ft, sa, saa = prepared if prepared is not None else prepare_templates(template, size)
+    sab = torch.fft.irfft2((ft * torch.fft.rfft2(search, s=size)).sum(1), s=size)[:, :H - h + 1, :W - w + 1]
     n = float(h * w * c)
-    sa = template.sum(dim=(1, 2, 3)).view(-1, 1, 1)
-    saa = (template * template).sum(dim=(1, 2, 3)).view(-1, 1, 1)
     sb = _box_sums(search.sum(1), h, w)
     sbb = _box_sums((search * search).sum(1), h, w)
     return _zncc(sab, sa, sb, saa, sbb, torch.full_like(sab, n))
 
 
 def masked_zncc(template: torch.Tensor, tmask: torch.Tensor, search: torch.Tensor, smask: torch.Tensor,
-                min_overlap: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+                min_overlap: float = 0.5, prepared: tuple[torch.Tensor, ...] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """ZNCC of the (masked) template over every valid offset in the (masked) search region.
 
     Offsets where the overlapping valid area is below ``min_overlap`` of the template's valid area get -1.
     Items whose masks are entirely valid take a cheaper path with the same result. A template batch of one
-    is correlated with every search of the batch (its transforms computed once).
+    is correlated with every search of the batch (its transforms computed once). ``prepared``: the
+    templates' :func:`prepare_templates` for this search size (item for item), when computed before.
     """
     if template.ndim != 4 or search.ndim != 4:
         raise ValueError("template and search must be (B, C, H, W)")
@@ -64,29 +79,34 @@ def masked_zncc(template: torch.Tensor, tmask: torch.Tensor, search: torch.Tenso
         H, W = search.shape[-2:]
         z = torch.empty(template.shape[0], H - h + 1, W - w + 1, dtype=template.dtype, device=template.device)
         n = torch.full_like(z, float(h * w))
-        z[full] = _zncc_unmasked(template[full], search[full])
+        pre = None if prepared is None else tuple(p[full] for p in prepared)
+        z[full] = _zncc_unmasked(template[full], search[full], pre)
         part = ~full
         if bool(part.any()):
             z[part], n[part] = masked_zncc(template[part], tmask[part], search[part], smask[part], min_overlap)
         return z, n
     b, c, h, w = template.shape
     H, W = search.shape[-2:]
-    size = (next_fast_len(H, real=True), next_fast_len(W, real=True))  # 2^a 3^b 5^c
+    size = fft_size(H, W)
     tm, sm = tmask.to(template.dtype), smask.to(search.dtype)
     t = template * tm
     s = search * sm
     rf = torch.fft.rfft2
     # template side (conjugated once), search side; masks and channel sums share one FFT each
-    ft = rf(t, s=size).conj()
+    # (a lazily conjugated tensor makes every product ~4x slower: the conjugates are materialised once)
+    ft = rf(t, s=size).conj().resolve_conj()
     fs = rf(s, s=size)
-    fta = rf(torch.cat([tm, t.sum(1, keepdim=True), (t * t).sum(1, keepdim=True)], 1), s=size).conj()
+    fta = rf(torch.cat([tm, t.sum(1, keepdim=True), (t * t).sum(1, keepdim=True)], 1), s=size).conj().resolve_conj()
     fsa = rf(torch.cat([sm, s.sum(1, keepdim=True), (s * s).sum(1, keepdim=True)], 1), s=size)
     oy, ox = H - h + 1, W - w + 1
 
     def corr(fa: torch.Tensor, fb: torch.Tensor | float) -> torch.Tensor:
         return torch.fft.irfft2(fa * fb, s=size)[..., :oy, :ox]
 
-    sab = corr((ft * fs).sum(1), 1.0)
+    if b == 1 and fs.shape[0] > 1:  # one template against a batch (the coarse search): ~3x faster than broadcasting
+        sab = corr(torch.einsum("chw,nchw->nhw", ft[0], fs), 1.0)
+    else:
+        sab = corr((ft * fs).sum(1), 1.0)
     n = corr(fta[:, 0], fsa[:, 0]) * c
     sa = corr(fta[:, 1], fsa[:, 0])
     sb = corr(fta[:, 0], fsa[:, 1])

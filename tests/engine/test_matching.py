@@ -117,6 +117,31 @@ def test_fine_match_subpixel_accuracy_on_a_real_image(data_file, offset):
     assert bias < 0.15, f"mean error {bias:.3f} px"
 
 
+def test_fine_match_with_shared_template_spectra_gives_the_same_matches(data_file):
+    """The verify stage matches the same reference templates under many hypotheses: with a bank the templates'
+    spectra are computed once; the matches (windows cut by the target's edge left out, partly masked templates
+    on the masked path) are those of the plain computation."""
+    img = read_gray(data_file(S2_PATCH))
+    h = w = 256
+    ref = img[96:96 + h, 96:96 + w]
+    rv = np.ones((h, w), bool)
+    rv[:40, :70] = False                      # partly masked templates take the masked path
+    R, RV = prepared(ref[None], rv)
+    desc = get_descriptor("cfog")
+    d_ref = desc(R, RV)
+    centres = grid_centres(w, h, 48, 20)
+    bank: dict = {}
+    for off in ((3.2, -2.1), (-30.0, 25.0), (1.0, 40.0)):   # the last two cut many windows at the edge
+        mov = resample(img, lambda p, o=off: p + [96 + o[0], 96 + o[1]], (h, w))
+        M, MV = prepared(np.nan_to_num(mov)[None], np.isfinite(mov), role="target")
+        plain = fine_match(d_ref, RV, M, MV, Affine(), centres, 48, 9, desc)
+        shared = fine_match(d_ref, RV, M, MV, Affine(), centres, 48, 9, desc, bank=bank)
+        assert len(plain) > 10 and plain.n_windows == shared.n_windows
+        np.testing.assert_allclose(shared.mov_xy, plain.mov_xy, atol=1e-3)
+        np.testing.assert_allclose(shared.score, plain.score, atol=1e-4)
+    assert len(bank) == 1
+
+
 # ------------------------------------------------------------------------------------------ coarse
 
 def test_coarse_search_finds_known_rotation_and_shift_on_a_real_sar_optical_pair(data_file):
