@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.speed [--descriptors cfog,hsscl,hybrid,learned-cfog] [--threads 2] [--repeats 3]
                                     [--out docs/benchmarks.md] [--gpu-json docs/gpu_check.json]
+                                    [--no-inprocess] [--before-json BEFORE.json]
 
 Issue 5 asks that co-registering a 1024 x 1024 pair end to end take at most 10 s on 2 CPU cores, and well
 under 1 s on a GPU, with the GPU timing recorded beside the CPU figure. What is measured:
@@ -16,6 +17,12 @@ under 1 s on a GPU, with the GPU timing recorded beside the CPU figure. What is 
   ``docs/gpu_check.json``: the matching stage (coarse search, verification, refinement) on the same kind
   of 1024 x 1024 Sentinel-2 pair, on that machine's CPU cores and on CUDA, with the difference between the
   two results. Those recorded figures are printed beside the CPU table, with the machine they came from.
+- **In process (issue 20's targets).** ``bench/speed_inprocess.py`` (on unless ``--no-inprocess``): the
+  engine's ``estimate`` alone, in one process, on 256, 512 and 1024 px pairs and a 256 px SAR-optical chip
+  (issue 20: 256 px within 0.8 s, 512 px within 1.5 s, 1024 px no slower than before), with a cProfile of one
+  call's top entries. ``--before-json`` adds the figures and profile of another engine beside them, from a
+  JSON written by ``python -m bench.speed_inprocess --json BEFORE.json --engine-root DIR`` (``DIR/hsscl``: a
+  checkout of the "before" commit).
 
 The "## Speed" section of ``--out`` is rewritten; the other sections are left as they are.
 """
@@ -33,6 +40,7 @@ import time
 from pathlib import Path
 
 from .scale import ROOT, WORK, make_pair, run_child, true_error, write_section
+from .speed_inprocess import section_part
 
 SIZE = 1024
 LIMIT_CPU_S = 10.0   # issue 5: end to end on 2 CPU cores
@@ -96,7 +104,19 @@ def gpu_table(gpu: dict) -> str:
     return "\n".join(lines)
 
 
-def section(rows: list[dict], gpu: dict | None, gpu_path: str, threads: int, repeats: int) -> str:
+def measure_inprocess(threads: int, repeats: int, out: Path) -> tuple[dict | None, str]:
+    """``python -m bench.speed_inprocess`` for this checkout (a child process); its JSON, or None and why."""
+    out.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "bench.speed_inprocess", "--json", str(out), "--threads", str(threads),
+           "--repeats", str(repeats)]
+    r = subprocess.run(cmd, cwd=ROOT)
+    if not out.exists():
+        return None, f"`{' '.join(cmd[1:])}` failed (rc {r.returncode}), no results"
+    return json.loads(out.read_text()), ""
+
+
+def section(rows: list[dict], gpu: dict | None, gpu_path: str, threads: int, repeats: int,
+            inproc: dict | None = None, before: dict | None = None, inproc_note: str = "") -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     load = os.getloadavg()[0]
@@ -128,6 +148,8 @@ matching, fitting, writing the GeoTIFF, tie points and report (graph refinement 
 
 {verdict}
 
+{section_part(inproc, before, inproc_note)}
+
 **GPU (matching stage)**
 
 {gpu_text}
@@ -141,20 +163,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", help="markdown file whose '## Speed' section is (re)written")
     ap.add_argument("--gpu-json", default=str(ROOT / "docs" / "gpu_check.json"))
+    ap.add_argument("--inprocess", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time `estimate` in process on 256/512/1024 px pairs and a SAR-optical chip "
+                         "(bench/speed_inprocess.py, issue 20)")
+    ap.add_argument("--before-json", help="results of `python -m bench.speed_inprocess --engine-root DIR` for "
+                                          "the engine before, shown beside")
     ns = ap.parse_args(argv)
     WORK.mkdir(parents=True, exist_ok=True)
+    before = json.loads(Path(ns.before_json).read_text()) if ns.before_json else None
     rows = []
     for d in ns.descriptors.split(","):
         rows.append(measure(d, ns.threads, ns.repeats))
         print(json.dumps(rows[-1]), flush=True)
+    inproc, note = (measure_inprocess(ns.threads, ns.repeats, WORK / "speed_inprocess.json") if ns.inprocess
+                    else (None, ""))
     gp = Path(ns.gpu_json)
     gpu = json.loads(gp.read_text()) if gp.exists() else None
     rel = os.path.relpath(gp, ROOT) if gp.is_absolute() else str(gp)
-    text = section(rows, gpu, rel, ns.threads, ns.repeats)
+    text = section(rows, gpu, rel, ns.threads, ns.repeats, inproc, before, note)
     print(text)
     if ns.out:
         write_section(Path(ns.out), text, "Speed")
-    return 0 if all(r["rc"] == 0 for r in rows) else 1
+    return 0 if all(r["rc"] == 0 for r in rows) and (inproc is not None or not ns.inprocess) else 1
 
 
 if __name__ == "__main__":
