@@ -55,9 +55,6 @@ def _add_matching_options(p: argparse.ArgumentParser) -> None:
                         "without georeferencing when the first search is not confident")
     p.add_argument("--no-wider-search", action="store_true",
                    help="do not try a wider second search when nothing reaches the confidence threshold")
-    p.add_argument("--no-consistency-check", action="store_true",
-                   help="do not match an unsure alignment again under a known warp (self-consistency; it costs "
-                        "one more match where the confidence is between 20 %% and 90 %%)")
     p.add_argument("--min-confidence", type=float, metavar="P",
                    help="accept an alignment only when its confidence (probability that it is within 3 px) is at "
                         "least P, in [0, 1] (default: the shipped verifier's threshold)")
@@ -135,8 +132,7 @@ def _config(ns, **extra):
                        threads=ns.threads, weights=ns.weights, adapt=ns.adapt,
                        adapt_budget_s=ns.adapt_budget, descriptor=ns.descriptor, graph=ns.graph,
                        max_rotation_deg=ns.max_rotation, max_scale_change=ns.max_scale, any_rotation=ns.any_rotation,
-                       wider_search=not ns.no_wider_search, consistency_check=not ns.no_consistency_check,
-                       min_confidence=ns.min_confidence,
+                       wider_search=not ns.no_wider_search, min_confidence=ns.min_confidence,
                        keep_best_guess=ns.keep_best_guess, **extra)
 
 

@@ -37,7 +37,6 @@ class CoregConfig:
     max_scale_change: float = 0.10     # scale change searched (fraction, (0, 1))
     any_rotation: bool = False         # also search any rotation (always so for images without georeferencing)
     wider_search: bool = True          # a wider second search when nothing reaches the confidence threshold
-    consistency_check: bool = True     # an unsure alignment is matched again under a known warp (matching/consistency.py)
     min_confidence: float | None = None  # decision threshold on the confidence; None = the verifier's default
     keep_best_guess: bool = False      # below the threshold, write the best candidate anyway (marked low-confidence)
     overwrite: bool = False

@@ -246,7 +246,6 @@ def estimate(reference: str | os.PathLike, target: str | os.PathLike, config: Co
         "confidence": round(decision.confidence, 4),
         "decision": decision.to_dict(),
         "verify": res.diagnostics.get("verify"),
-        "consistency": res.diagnostics.get("consistency"),
         "search": search_note,
         "config": config.to_dict(),
         "model": {"kind": fit.kind, "reason": fit.reason, "params": fit.model.to_dict(), "cv_rmse_px": fit.cv_rmse},
@@ -304,32 +303,9 @@ def _match(R, RV, M, MV, descriptor, settings: MatchSettings, config: CoregConfi
             return
         if an is not None and an.get("kept") == "adapted":
             label = f"{label}, adapted"
-        lead = best_conf()
-        mon.log(f"{label}: confidence {res.confidence:.1%}")
-        if res.confidence > lead:
-            res = self_check(label, res, d, s)
         alts.append(Alternative(label, res, d))
         adapt_notes[len(alts) - 1] = an
-
-    def self_check(label: str, res, d, s: MatchSettings):
-        """An unsure new leader is matched again under a known warp; the verifier's consistency head gives its
-        confidence (engine/matching/consistency.py)."""
-        from dataclasses import replace as _replace
-
-        from .matching.consistency import in_band, self_consistency
-        from .matching.verify import judge_consistency, load_verifier
-
-        v = load_verifier()
-        if not config.consistency_check or v is None or v.consistency is None or not in_band(res.confidence):
-            return res
-        mon.check()
-        c = self_consistency(R, RV, M, MV, res, d, s, seed=config.seed)
-        verdict = judge_consistency(res.verdict, c, v)
-        mon.log(f"{label}: matched again under a known warp, {c.distance_px:.1f} px apart (its confidence "
-                f"{c.confidence2:.0%}): confidence {res.confidence:.1%} -> {verdict.confidence:.1%}")
-        diag = {**res.diagnostics, "consistency": {**c.to_dict(), "confidence_before": round(res.confidence, 4),
-                                                   "confidence_after": round(verdict.confidence, 4)}}
-        return _replace(res, verdict=verdict, diagnostics=diag)
+        mon.log(f"{label}: confidence {res.confidence:.1%}")
 
     with mon.stage(0.0, 0.45, f"matching ({first_name})"):
         attempt(first_name, descriptor, settings, True)

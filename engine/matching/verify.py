@@ -194,7 +194,6 @@ class Verifier:
     candidate: Head
     final: Head
     threshold: float          # the default decision threshold on the final head's confidence
-    consistency: Head | None = None   # final confidence + self-consistency -> confidence (matching/consistency.py)
 
     @classmethod
     def load(cls, path: str | Path) -> Verifier:
@@ -202,9 +201,7 @@ class Verifier:
 
         try:
             d = json.loads(Path(path).read_text())
-            cons = Head.from_dict(d["consistency"]) if d.get("consistency") else None
-            return cls(d["name"], Head.from_dict(d["candidate"]), Head.from_dict(d["final"]), float(d["threshold"]),
-                       cons)
+            return cls(d["name"], Head.from_dict(d["candidate"]), Head.from_dict(d["final"]), float(d["threshold"]))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise WeightsError(f"The verifier file '{path}' is missing or damaged ({exc}).",
                                "Reinstall the plugin, or run the verifier's calibration again "
@@ -263,15 +260,3 @@ def judge(ev: Evidence, head: str = "final", verifier: Verifier | str | None = N
         return Verdict(heuristic(ev, head), head, ev, "heuristic")
     h = v.candidate if head == "candidate" else v.final
     return Verdict(h.probability(features(ev, head)), head, ev, v.name)
-
-
-def judge_consistency(verdict: Verdict, check, verifier: Verifier | None = None) -> Verdict:
-    """The confidence of ``verdict`` (final head) once the self-consistency ``check``
-    (:class:`~.consistency.Consistency`) is known; ``verdict`` itself when the verifier has no consistency head."""
-    from .consistency import consistency_features
-
-    v = verifier if verifier is not None else load_verifier()
-    if v is None or v.consistency is None:
-        return verdict
-    p = v.consistency.probability(consistency_features(verdict.confidence, check))
-    return Verdict(p, "consistency", verdict.evidence, v.name)

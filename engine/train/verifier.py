@@ -74,7 +74,7 @@ def collect(samples: int, seed: int = 0, negatives: float = 0.15, second_share: 
 
 def _samples(samples: int, seed: int, negatives: float, second_share: float, cache_path,
              stop_confidence: float = 0.9):
-    """The misregistered training crops of :func:`collect` (and :func:`collect_consistency`), one at a time:
+    """The misregistered training crops of :func:`collect`, one at a time:
     ``(i, batch, descriptor, settings, true 2x3 warp, record)``."""
     from ..descriptors.base import get_descriptor
     from ..matching.matcher import MatchSettings
@@ -105,64 +105,6 @@ def _samples(samples: int, seed: int, negatives: float, second_share: float, cac
         rec = {"i": i, "key": str(cache.keys[k]), "kind": str(cache.kinds[k]), "size": size,
                "negative": negative, "descriptor": desc.name, "error": None}
         yield i, b, desc, settings, b.H[0].double().numpy(), rec
-
-
-def collect_consistency(samples: int, seed: int = 0, negatives: float = 0.15, second_share: float = 0.3,
-                        cache_path: str | Path = ROOT / ".traincache" / "hsscl_pairs.npz", log=print) -> list[dict]:
-    """The consistency head's examples: the matcher as the pipeline runs it (the shipped verifier, its default
-    settings) on the crops of :func:`collect`; where the final confidence falls inside the consistency band
-    the pair is matched again under a known warp (:mod:`..matching.consistency`). One record per such sample:
-    the final confidence, the check's figures and the first answer's true error."""
-    from ..errors import HSSCLError
-    from ..geometry.transforms import Affine
-    from ..matching.consistency import consistency_features, in_band, self_consistency
-    from ..matching.matcher import match_pair
-
-    out: list[dict] = []
-    t0 = time.perf_counter()
-    n_band = 0
-    for i, b, desc, settings, H, rec in _samples(samples, seed, negatives, second_share, cache_path):
-        try:
-            res = match_pair(b.a, b.va, b.b, b.vb, desc, settings)
-        except HSSCLError:
-            continue
-        if not in_band(res.confidence):
-            continue
-        n_band += 1
-        ok = res.inlier
-        aff = Affine.fit(res.matches.ref_xy[ok], res.matches.mov_xy[ok])
-        rec["error"] = math.inf if rec["negative"] else _affine_error(aff, H, rec["size"])
-        c = self_consistency(b.a, b.va, b.b, b.vb, res, desc, settings, seed=i)
-        rec.update(confidence=res.confidence, check=c.to_dict(), features=consistency_features(res.confidence, c))
-        out.append(rec)
-        if (i + 1) % 10 == 0:
-            log(f"[consistency] {i + 1}/{samples} samples, {n_band} in the band, {time.perf_counter() - t0:.0f} s")
-    return out
-
-
-def fit_consistency(records: list[dict], folds: int = 5, seed: int = 0) -> dict:
-    """The consistency head from :func:`collect_consistency`'s records, with out-of-fold figures beside the
-    final head's own confidence on the same examples."""
-    from ..matching.consistency import consistency_features  # noqa: F401  (the names below are its keys)
-
-    names = ("logit_confidence", "logit_confidence2", "log_distance")
-    keys = sorted({r["key"] for r in records})
-    rng = np.random.default_rng(seed)
-    fold_of = {k: int(f) for k, f in zip(keys, rng.permutation(len(keys)) % folds)}
-    X = np.array([[r["features"][n] for n in names] for r in records], float)
-    err = np.array([r["error"] for r in records], float)
-    y = (err <= 3.0).astype(float)
-    fo = np.array([fold_of[r["key"]] for r in records])
-    oof = np.array([r["confidence"] for r in records], float)
-    before = oof.copy()
-    for f in range(folds):
-        tr, te = fo != f, fo == f
-        if te.any() and len(np.unique(y[tr])) == 2:
-            w, b, mu, sd = _fit_logistic(X[tr], y[tr])
-            oof[te] = _predict(X[te], w, b, mu, sd)
-    w, b, mu, sd = _fit_logistic(X, y)
-    head = Head(names, tuple(map(float, mu)), tuple(map(float, sd)), tuple(map(float, w)), b)
-    return {"head": head, "oof": oof, "before": before, "y": y, "err": err}
 
 
 def _fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
@@ -274,14 +216,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "resources" / "models" / "verifier-0.1.0.json"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--publish", action="store_true", help="name the written file in the model registry")
-    ap.add_argument("--consistency", metavar="VERIFIER_JSON",
-                    help="fit the consistency head instead (self-consistency, engine/matching/consistency.py) and add "
-                         "it to a copy of this verifier file, written to --out (--records: consistency records)")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    if a.consistency:
-        return _main_consistency(a, t0)
     if a.records:
         records = [r for f in a.records for r in json.loads(Path(f).read_text())]
         for r in records:  # records of runs with other seeds: keep their sample ids distinct
@@ -301,47 +238,6 @@ def main(argv=None) -> int:
                         "<= 0.02; 15 % unrelated-ground negatives; 30 % matched with learned-cfog",
                         "seconds": round(time.perf_counter() - t0, 1)},
            "calibration_out_of_fold": summ}
-    Path(a.out).write_text(json.dumps(doc, indent=1))
-    print(json.dumps(summ, indent=1))
-    print(f"wrote {a.out}")
-    if a.publish:
-        publish(a.out, doc)
-    return 0
-
-
-def consistency_summary(fitted: dict, threshold: float) -> dict:
-    """Out-of-fold figures of the consistency head beside the final head's confidence on the same examples."""
-    y, err = fitted["y"], fitted["err"]
-    out: dict = {"examples": int(len(y)), "positives": int(y.sum())}
-    for name in ("before", "oof"):
-        p = fitted[name]
-        acc = p >= threshold
-        out[name] = {"brier": round(float(np.mean((p - y) ** 2)), 4), "auc": round(_auc(p, y), 4),
-                     "accepted": int(acc.sum()), "accepted_within_3px": int((err[acc] <= 3).sum()),
-                     "accepted_3_5px": int(((err[acc] > 3) & (err[acc] <= 5)).sum()),
-                     "accepted_over_5px": int((err[acc] > 5).sum()),
-                     "refused_but_within_3px": int((err[~acc] <= 3).sum()), "reliability": reliability(p, y)}
-    return out
-
-
-def _main_consistency(a, t0: float) -> int:
-    if a.records:
-        records = [r for f in a.records for r in json.loads(Path(f).read_text())]
-    else:
-        records = collect_consistency(a.samples, a.seed)
-        if a.save_records:
-            Path(a.save_records).write_text(json.dumps(records, default=float))
-    doc = json.loads(Path(a.consistency).read_text())
-    fitted = fit_consistency(records)
-    summ = consistency_summary(fitted, float(doc["threshold"]))
-    version = Path(a.out).stem.rsplit("-", 1)[-1]
-    doc["name"] = f"verifier-{version}"
-    doc["consistency"] = fitted["head"].to_dict()
-    doc["calibration_out_of_fold"]["consistency"] = summ
-    doc["training"]["consistency"] = {
-        "examples": len(records), "band": "final confidence in [0.2, 0.9): the pipeline's own verifier and settings "
-        "on the crops of the main fit (same sampling); matched again under a known similarity (rotation 1.5-3 deg, "
-        "scale 1.5-3 %, shift 3-6 %)", "seconds": round(time.perf_counter() - t0, 1)}
     Path(a.out).write_text(json.dumps(doc, indent=1))
     print(json.dumps(summ, indent=1))
     print(f"wrote {a.out}")
