@@ -78,6 +78,26 @@ def test_confidence_rises_with_evidence():
     assert log_nfa(100, 70, 20.0, 4) < -20 < log_nfa(100, 12, 20.0, 4)  # 12 of 100 may be chance: NFA > 1
 
 
+@pytest.mark.parametrize("n,k,radius", [(40, 12, 9.0), (128, 70, 20.0), (300, 280, 40.0), (10, 4, 6.0)])
+def test_log_nfa_is_the_binomial_tail_in_exact_arithmetic(n, k, radius):
+    """The a-contrario number against exact integer arithmetic (no underflow even where a float tail would be
+    0: 280 of 300 windows agreeing)."""
+    from fractions import Fraction
+    from math import comb, log10, pi
+
+    p = min(pi * 9.0 / (2 * radius + 1) ** 2, 0.5)
+    pf = Fraction(p)
+    N, m = n - 3, k - 3
+    tail = sum(comb(N, j) * pf ** j * (1 - pf) ** (N - j) for j in range(m, N + 1))
+
+    def big_log10(x: int) -> float:  # log10 of an integer too large for a float
+        drop = max(x.bit_length() - 60, 0)
+        return log10(x >> drop) + drop * log10(2)
+
+    exact = log10(4) + log10(comb(n, 3)) + big_log10(tail.numerator) - big_log10(tail.denominator)
+    assert log_nfa(n, k, radius, 4) == pytest.approx(exact, abs=1e-6)
+
+
 def test_the_shipped_verifier_is_calibrated_on_held_apart_folds():
     v = load_verifier()
     assert v is not None, "resources/models/verifier-0.1.0.json is missing"
