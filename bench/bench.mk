@@ -28,9 +28,14 @@ bench-scale:
 	bash scripts/setup.sh
 	.venv/bin/python -m bench.scale --out docs/benchmarks.md $(SCALE_ARGS)
 
+# SPEED_BEFORE=DIR: also measure another engine in process and show it beside ("before"): DIR holds `hsscl`, a
+# checkout of that engine (e.g. `git worktree add /tmp/before <commit>; mkdir /tmp/b; ln -s /tmp/before /tmp/b/hsscl`)
+SPEED_BEFORE ?=
 bench-speed:
 	bash scripts/setup.sh
-	.venv/bin/python -m bench.speed --out docs/benchmarks.md
+	$(if $(SPEED_BEFORE),.venv/bin/python -m bench.speed_inprocess --engine-root $(SPEED_BEFORE) --repeats 3 \
+		--json .bench/speed_before.json &&) .venv/bin/python -m bench.speed --out docs/benchmarks.md \
+		$(if $(SPEED_BEFORE),--before-json .bench/speed_before.json)
 
 # issue 5: the network descriptor and its ablation (each level alone, no denoising) beside the structural
 # descriptor, all without graph refinement; a table of its own (docs/benchmarks_ablation.md). The levels
