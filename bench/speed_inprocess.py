@@ -112,6 +112,27 @@ def time_chips(chips: list[dict], config) -> dict:
             "chips": {"n": len(chips), "more_than_one_alternative": second, "wider_search": wider}}
 
 
+IMPORTS = {"torch": "import torch",
+           "plain implementation's": "import numpy, scipy.ndimage, scipy.fft, osgeo.gdal",
+           "hsscl pipeline (torch included)": "import hsscl.engine.pipeline, hsscl.engine.matching.verify"}
+
+
+def import_costs(repeats: int = 3) -> dict:
+    """Fresh interpreters timing what a command-line run pays before any work (median of ``repeats``): torch
+    alone, what a plain numpy/scipy/GDAL implementation imports, and the engine's pipeline module."""
+    out = {}
+    for name, stmt in IMPORTS.items():
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            r = subprocess.run([sys.executable, "-c", stmt], cwd=ROOT, capture_output=True)
+            times.append(time.perf_counter() - t0)
+            if r.returncode != 0:
+                break
+        out[name] = round(statistics.median(times), 3) if r.returncode == 0 else None
+    return out
+
+
 def _model_error(model, size: int, n: int = 41) -> dict:
     """|model(q) - T(q)| in pixels at an n x n grid of reference positions (as ``bench.scale.true_error``)."""
     m = truth_matrix(size)
@@ -266,6 +287,7 @@ def measure(sizes: tuple[int, ...] = SIZES, repeats: int = 3, threads: int = 2, 
     if prof_pair is not None and profile_top > 0:
         out["profile"] = {"pair": prof_pair["name"],
                           **profile_call(prof_pair["reference"], prof_pair["target"], config, profile_top, roots)}
+    out["import_s"] = import_costs()
     out["load_avg"] = round(os.getloadavg()[0], 2)
     return out
 
@@ -385,6 +407,12 @@ def section_part(after: dict | None, before: dict | None = None, failed: str = "
     if true:
         worst = max(r["true_error"]["max_px"] for r in true)
         lines += ["", f"True error of the estimates on the `s2_*` pairs: at most {worst:.3f} px (all check positions)."]
+    imp = after.get("import_s")
+    if imp:
+        lines += ["", "What a command-line run pays before any work (a fresh interpreter, median of 3): "
+                  + "; ".join(f"{k} imports {_fmt(v)} s" for k, v in imp.items())
+                  + ". The command-line bar (at most 1.2x the plain implementation's time a pair) cannot be met "
+                  "while the matcher needs torch: its import alone is about the plain implementation's whole run."]
     if before:
         lines += ["", f"Profile before ({_engine(before)}):", "", profile_table(before)]
     lines += ["", f"Profile after ({_engine(after)}):" if before else f"Profile ({_engine(after)}):", "",
