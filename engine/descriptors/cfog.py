@@ -61,5 +61,7 @@ class CFOG:
             # gradients next to invalid pixels are artefacts of the fill value
             v = -F.max_pool2d(-v, 5, stride=1, padding=2)
             d = d * v
-        n = (d * d).sum(1, keepdim=True).sqrt()  # the channel norm (torch.linalg.vector_norm: ~50x slower here)
+        # the channel norm (torch.linalg.vector_norm: ~50x slower here); the clamp keeps the gradient finite
+        # where every channel is 0 (training through CFOG: learned-cfog's pre-filter)
+        n = (d * d).sum(1, keepdim=True).clamp_min(1e-12).sqrt()
         return d / (n + 1e-6 + 0.05 * n.mean(dim=(2, 3), keepdim=True))
