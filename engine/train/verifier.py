@@ -42,42 +42,9 @@ def _affine_error(model, H: np.ndarray, size: int) -> float:
 def collect(samples: int, seed: int = 0, negatives: float = 0.15, second_share: float = 0.3,
             cache_path: str | Path = ROOT / ".traincache" / "hsscl_pairs.npz", log=print) -> list[dict]:
     """Run the matcher on ``samples`` misregistered training crops; one record per sample."""
-    from ..errors import HSSCLError
-    from ..geometry.transforms import Affine
-    from ..matching.matcher import match_pair
-
-    out: list[dict] = []
-    t0 = time.perf_counter()
-    for i, b, desc, settings, H, rec in _samples(samples, seed, negatives, second_share, cache_path,
-                                                 stop_confidence=2.0):
-        negative, size = rec["negative"], rec["size"]
-        rec["candidates"] = []
-        try:
-            res = match_pair(b.a, b.va, b.b, b.vb, desc, settings, verifier=HEURISTIC)
-        except HSSCLError as err:
-            rec["refused"] = str(err)
-            out.append(rec)
-            continue
-        ok = res.inlier
-        aff = Affine.fit(res.matches.ref_xy[ok], res.matches.mov_xy[ok])
-        rec["error"] = math.inf if negative else _affine_error(aff, H, size)
-        rec["final"] = features(res.verdict.evidence, "final")
-        for v, model in res.judged:
-            err = math.inf if negative else _affine_error(model, H, size)
-            rec["candidates"].append({"error": err, "features": features(v.evidence, "candidate")})
-        out.append(rec)
-        if (i + 1) % 10 == 0:
-            ok_n = sum(1 for r in out if r["error"] is not None and r["error"] <= 3)
-            log(f"[verifier] {i + 1}/{samples} samples, {ok_n} within 3 px, {time.perf_counter() - t0:.0f} s")
-    return out
-
-
-def _samples(samples: int, seed: int, negatives: float, second_share: float, cache_path,
-             stop_confidence: float = 0.9):
-    """The misregistered training crops of :func:`collect`, one at a time:
-    ``(i, batch, descriptor, settings, true 2x3 warp, record)``."""
     from ..descriptors.base import get_descriptor
-    from ..matching.matcher import MatchSettings
+    from ..errors import HSSCLError
+    from ..matching.matcher import MatchSettings, match_pair
     from .data import PairCache, WarpRange
 
     exclude = json.loads(CONFIG.read_text()).get("exclude_keys", [])
@@ -86,6 +53,8 @@ def _samples(samples: int, seed: int, negatives: float, second_share: float, cac
     rng = np.random.default_rng(seed)
     cfog = get_descriptor("cfog")
     lcfog = get_descriptor("learned-cfog")
+    out: list[dict] = []
+    t0 = time.perf_counter()
     for i in range(samples):
         k = int(torch.multinomial(cache.weights, 1, generator=gen))
         ia = int(cache.pairs[k][0])
@@ -101,10 +70,30 @@ def _samples(samples: int, seed: int, negatives: float, second_share: float, cac
             b.b, b.vb = o.b, o.vb
         use_second = bool(rng.random() < second_share)
         desc = lcfog if use_second else cfog
-        settings = MatchSettings(max_shift_px=max(0.15 * size, 40.0) + 8, seed=i, stop_confidence=stop_confidence)
+        settings = MatchSettings(max_shift_px=max(0.15 * size, 40.0) + 8, seed=i, stop_confidence=2.0)
+        H = b.H[0].double().numpy()
         rec = {"i": i, "key": str(cache.keys[k]), "kind": str(cache.kinds[k]), "size": size,
-               "negative": negative, "descriptor": desc.name, "error": None}
-        yield i, b, desc, settings, b.H[0].double().numpy(), rec
+               "negative": negative, "descriptor": desc.name, "error": None, "candidates": []}
+        try:
+            res = match_pair(b.a, b.va, b.b, b.vb, desc, settings, verifier=HEURISTIC)
+        except HSSCLError as err:
+            rec["refused"] = str(err)
+            out.append(rec)
+            continue
+        from ..geometry.transforms import Affine
+
+        ok = res.inlier
+        aff = Affine.fit(res.matches.ref_xy[ok], res.matches.mov_xy[ok])
+        rec["error"] = math.inf if negative else _affine_error(aff, H, size)
+        rec["final"] = features(res.verdict.evidence, "final")
+        for v, model in res.judged:
+            err = math.inf if negative else _affine_error(model, H, size)
+            rec["candidates"].append({"error": err, "features": features(v.evidence, "candidate")})
+        out.append(rec)
+        if (i + 1) % 10 == 0:
+            ok_n = sum(1 for r in out if r["error"] is not None and r["error"] <= 3)
+            log(f"[verifier] {i + 1}/{samples} samples, {ok_n} within 3 px, {time.perf_counter() - t0:.0f} s")
+    return out
 
 
 def _fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
