@@ -98,7 +98,9 @@ def test_too_few_points_says_so(table):
     assert "needs at least" in table.summaryLabel.text()
 
 
-def test_dock_opens_the_table_after_a_run(qgis_iface, provider, project, s1s2_pair, fake_pipeline, tmp_path):
+@pytest.fixture
+def ran_dock(qgis_iface, provider, project, s1s2_pair, fake_pipeline, tmp_path):
+    """The dock after one successful run on the S1/S2 pair (fake pipeline): ``(dock, reference layer)``."""
     from hsscl.plugin.dock import HSSCLDock
 
     from .conftest import add_raster, wait_for
@@ -113,11 +115,16 @@ def test_dock_opens_the_table_after_a_run(qgis_iface, provider, project, s1s2_pa
         dock.finished.connect(lambda ok, res: done.append(ok))
         assert dock.run()
         assert wait_for(lambda: bool(done), 120) and done == [True]
-        assert dock.residuals is not None and dock.residuals.layer is dock.last_layers["TIEPOINTS"]
-        assert dock.residuals.table.rowCount() == dock.last_layers["TIEPOINTS"].featureCount()
+        yield dock, reference
     finally:
         dock.cleanup()
         dock.deleteLater()
+
+
+def test_dock_opens_the_table_after_a_run(ran_dock):
+    dock, _ = ran_dock
+    assert dock.residuals is not None and dock.residuals.layer is dock.last_layers["TIEPOINTS"]
+    assert dock.residuals.table.rowCount() == dock.last_layers["TIEPOINTS"].featureCount()
 
 
 # ---- interactive matching ----------------------------------------------------------------------------------------
@@ -135,86 +142,57 @@ def test_match_point_finds_the_partner_around_a_wrong_model(s1s2_pair):
     assert wrong.shift_px > 3
 
 
-def test_add_tie_point_tool_adds_a_point_and_refits(qgis_iface, provider, project, s1s2_pair, fake_pipeline,
-                                                     tmp_path, qgis_canvas):
+def test_add_tie_point_tool_adds_a_point_and_refits(qgis_canvas, ran_dock):
     from qgis.core import QgsPointXY
 
-    from hsscl.plugin.dock import HSSCLDock
+    from .conftest import wait_for
 
-    from .conftest import add_raster, wait_for
-
-    reference, target = add_raster(s1s2_pair[0], "S2"), add_raster(s1s2_pair[1], "S1")
-    dock = HSSCLDock(qgis_iface)
-    try:
-        dock.referenceCombo.setLayer(reference)
-        dock.targetCombo.setLayer(target)
-        dock.outputFolder.setFilePath(str(tmp_path))
-        done = []
-        dock.finished.connect(lambda ok, res: done.append(ok))
-        assert dock.run() and wait_for(lambda: bool(done), 120) and done == [True]
-        ties = dock.last_layers["TIEPOINTS"]
-        before = ties.featureCount()
-        dock.addPointButton.setChecked(True)
-        assert qgis_canvas.mapTool() is dock.point_tool
-        ext = reference.extent()
-        point = QgsPointXY(ext.xMinimum() + 0.27 * ext.width(), ext.yMaximum() - 0.67 * ext.height())
-        dock.point_tool.clicked.emit(point, reference.crs())
-        assert wait_for(lambda: dock.point_task is None, 120)
-        assert "Tie point added" in dock.statusLabel.text(), dock.statusLabel.text()
-        assert ties.featureCount() == before + 1
-        assert dock.residuals.table.rowCount() == before + 1  # the table re-fitted with the new point
-        ties.rollBack()
-    finally:
-        dock.cleanup()
-        dock.deleteLater()
+    dock, reference = ran_dock
+    ties = dock.last_layers["TIEPOINTS"]
+    before = ties.featureCount()
+    dock.addPointButton.setChecked(True)
+    assert qgis_canvas.mapTool() is dock.point_tool
+    ext = reference.extent()
+    point = QgsPointXY(ext.xMinimum() + 0.27 * ext.width(), ext.yMaximum() - 0.67 * ext.height())
+    dock.point_tool.clicked.emit(point, reference.crs())
+    assert wait_for(lambda: dock.point_task is None, 120)
+    assert "Tie point added" in dock.statusLabel.text(), dock.statusLabel.text()
+    assert ties.featureCount() == before + 1
+    assert dock.residuals.table.rowCount() == before + 1  # the table re-fitted with the new point
+    ties.rollBack()
 
 
-def test_drag_either_end_refits(qgis_iface, provider, project, s1s2_pair, fake_pipeline, tmp_path, qgis_canvas):
+def test_drag_either_end_refits(qgis_canvas, ran_dock):
     """Both ends of a tie point can be dragged: the reference end moves the point (geometry and ref_x/ref_y),
     the target end its tgt_x/tgt_y; the residual table re-fits each time."""
     from qgis.core import QgsPointXY
 
-    from hsscl.plugin.dock import HSSCLDock
-
-    from .conftest import add_raster, wait_for
-
-    reference, target = add_raster(s1s2_pair[0], "S2"), add_raster(s1s2_pair[1], "S1")
-    dock = HSSCLDock(qgis_iface)
-    try:
-        dock.referenceCombo.setLayer(reference)
-        dock.targetCombo.setLayer(target)
-        dock.outputFolder.setFilePath(str(tmp_path))
-        done = []
-        dock.finished.connect(lambda ok, res: done.append(ok))
-        assert dock.run() and wait_for(lambda: bool(done), 120) and done == [True]
-        ties = dock.last_layers["TIEPOINTS"]
-        qgis_canvas.setDestinationCrs(reference.crs())
-        qgis_canvas.setExtent(reference.extent())
-        dock.addPointButton.setChecked(True)
-        ends = dock.tiepoint_ends()
-        assert {e for _, e, _ in ends} == {"reference", "target"}
-        used = {f.id() for f in ties.getFeatures() if f["inlier"] and not f["check"]}  # a point in the fit
-        fid, _, start = next(e for e in ends if e[1] == "target" and e[0] in used)
-        assert dock.point_tool.nearest_end(start)[:2] in ((fid, "target"), (fid, "reference"))
-        before = ties.getFeature(fid)
-        rmse_before = dock.residuals.last.rmse_fit_px
-        # drag the target end 5 map units (0.5 px at 10 m) east: tgt_x grows, the fit changes
-        assert dock.move_end(fid, "target", QgsPointXY(start.x() + 50, start.y()), reference.crs())
-        after = ties.getFeature(fid)
-        assert after["tgt_x"] == pytest.approx(before["tgt_x"] + 50 / reference.rasterUnitsPerPixelX(), abs=1e-6)
-        assert after["ref_x"] == before["ref_x"]
-        assert dock.residuals.last.rmse_fit_px != rmse_before
-        assert "RMSE of the fit now" in dock.statusLabel.text()
-        # the reference end moves the point itself
-        ref_end = next(e for e in dock.tiepoint_ends() if e[0] == fid and e[1] == "reference")[2]
-        assert dock.move_end(fid, "reference", QgsPointXY(ref_end.x(), ref_end.y() - 30), reference.crs())
-        moved = ties.getFeature(fid)
-        assert moved["ref_y"] == pytest.approx(before["ref_y"] + 30 / reference.rasterUnitsPerPixelY(), abs=1e-6)
-        assert moved.geometry().asPoint().y() == pytest.approx(ref_end.y() - 30)
-        ties.rollBack()
-    finally:
-        dock.cleanup()
-        dock.deleteLater()
+    dock, reference = ran_dock
+    ties = dock.last_layers["TIEPOINTS"]
+    qgis_canvas.setDestinationCrs(reference.crs())
+    qgis_canvas.setExtent(reference.extent())
+    dock.addPointButton.setChecked(True)
+    ends = dock.tiepoint_ends()
+    assert {e for _, e, _ in ends} == {"reference", "target"}
+    used = {f.id() for f in ties.getFeatures() if f["inlier"] and not f["check"]}  # a point in the fit
+    fid, _, start = next(e for e in ends if e[1] == "target" and e[0] in used)
+    assert dock.point_tool.nearest_end(start)[:2] in ((fid, "target"), (fid, "reference"))
+    before = ties.getFeature(fid)
+    rmse_before = dock.residuals.last.rmse_fit_px
+    # drag the target end 5 map units (0.5 px at 10 m) east: tgt_x grows, the fit changes
+    assert dock.move_end(fid, "target", QgsPointXY(start.x() + 50, start.y()), reference.crs())
+    after = ties.getFeature(fid)
+    assert after["tgt_x"] == pytest.approx(before["tgt_x"] + 50 / reference.rasterUnitsPerPixelX(), abs=1e-6)
+    assert after["ref_x"] == before["ref_x"]
+    assert dock.residuals.last.rmse_fit_px != rmse_before
+    assert "RMSE of the fit now" in dock.statusLabel.text()
+    # the reference end moves the point itself
+    ref_end = next(e for e in dock.tiepoint_ends() if e[0] == fid and e[1] == "reference")[2]
+    assert dock.move_end(fid, "reference", QgsPointXY(ref_end.x(), ref_end.y() - 30), reference.crs())
+    moved = ties.getFeature(fid)
+    assert moved["ref_y"] == pytest.approx(before["ref_y"] + 30 / reference.rasterUnitsPerPixelY(), abs=1e-6)
+    assert moved.geometry().asPoint().y() == pytest.approx(ref_end.y() - 30)
+    ties.rollBack()
 
 
 def test_tool_press_drag_release_emits_moved_and_click_emits_clicked(qgis_canvas):
