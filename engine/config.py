@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
-TRANSFORMS = ("auto", "shift", "affine", "poly2", "poly3", "tps")
+TRANSFORMS = ("auto", "shift", "similarity", "affine", "poly2", "poly3", "tps")
 GRIDS = ("reference", "target")
 DEVICES = ("auto", "cpu", "cuda")
 MODALITIES = ("auto", "sar", "optical", "multispectral")
@@ -17,7 +17,7 @@ GRAPH_MODES = ("auto", "on", "off")
 class CoregConfig:
     """Options of one co-registration. Build with ``CoregConfig.from_overrides(**kw)`` to validate."""
 
-    transform: str = "auto"          # auto | shift | affine | poly2 | poly3 | tps
+    transform: str = "auto"          # auto | shift | similarity | affine | poly2 | poly3 | tps
     grid: str = "reference"          # reference: output on the reference grid; target: target's own grid
     device: str = "auto"             # auto | cpu | cuda
     seed: int = 0

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import NotEnoughMatchesError
 from .transforms import Affine, Shift, Transform, fit_model, min_points
 
-MODEL_ORDER = ("shift", "affine", "poly2", "poly3", "tps")
+MODEL_ORDER = ("shift", "similarity", "affine", "poly2", "poly3", "tps")
 SHIFT_HYPOTHESES = 2000   # most point displacements tried as shift hypotheses (the best-scored first)
 
 
@@ -103,7 +103,7 @@ def _shift_hypothesis(src: np.ndarray, dst: np.ndarray, prior: np.ndarray | None
 def robust_fit(src: np.ndarray, dst: np.ndarray, kind: str = "affine", max_threshold: float = 3.0,
                prior: np.ndarray | None = None, max_iter: int = 100_000, confidence: float = 0.999,
                seed: int = 0) -> RobustFit:
-    """Robustly fit ``kind`` (shift, affine, poly2, poly3, tps) mapping ``src`` (N, 2) to ``dst`` (N, 2).
+    """Robustly fit ``kind`` (shift, similarity, affine, poly2, poly3, tps) mapping ``src`` (N, 2) to ``dst`` (N, 2).
 
     ``prior`` (N,) in (0, 1] (match scores) orders the points for PROSAC sampling. The hypothesis is
     an affine (a shift for ``kind="shift"``) from OpenCV's USAC; the MAGSAC++ re-weighted polish then
@@ -199,7 +199,7 @@ class ModelChoice:
 
 
 def choose_model(src: np.ndarray, dst: np.ndarray, seed: int = 0,
-                 candidates: tuple[str, ...] = ("shift", "affine", "poly2", "poly3"),
+                 candidates: tuple[str, ...] = ("shift", "similarity", "affine", "poly2", "poly3"),
                  px_scale: float = 1.0) -> ModelChoice:
     """Pick the simplest model whose cross-validated RMSE is within 10 % (+0.1 px) of the best.
 
@@ -209,7 +209,7 @@ def choose_model(src: np.ndarray, dst: np.ndarray, seed: int = 0,
     where the images differ in scale. A model is only considered with at least 3 points per parameter
     pair, so that its CV error is meaningful; the reason names the figures.
     """
-    need = {"shift": 3, "affine": 8, "poly2": 24, "poly3": 40, "tps": 60}
+    need = {"shift": 3, "similarity": 6, "affine": 8, "poly2": 24, "poly3": 40, "tps": 60}
     cv = {k: cross_validated_rmse(k, src, dst, seed=seed, px_scale=px_scale) for k in candidates
           if len(src) >= need[k]}
     if not cv:

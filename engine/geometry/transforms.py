@@ -154,6 +154,35 @@ class Affine(Transform):
 
 
 @dataclass(frozen=True)
+class Similarity(Affine):
+    """Rotation, one scale and a shift (4 parameters): ``dst = s R(theta) src + t``, held as its affine matrix,
+    so that everything that warps an :class:`Affine` warps it. The model of a rigid misregistration between
+    two images of one ground (different orbits, platforms' attitude, a resampled grid); with few tie points
+    or tie points on a small part of the image it cannot tilt or shear the extrapolation as an affine can."""
+
+    kind: ClassVar[str] = "similarity"
+    min_points: ClassVar[int] = 2
+    n_params: ClassVar[int] = 4
+
+    @classmethod
+    def fit(cls, src, dst, weights=None) -> Similarity:
+        src, dst = _as_points(src), _as_points(dst)
+        w = _weights(weights, len(src))
+        if (w > 0).sum() < 2:
+            raise NotEnoughMatchesError("At least 2 tie points are needed for a similarity transform.")
+        c = (src * w[:, None]).sum(0) / w.sum()  # centred: a well-conditioned system
+        x, y = (src - c).T
+        one, zero = np.ones_like(x), np.zeros_like(x)
+        # x' = a x - b y + tx ; y' = b x + a y + ty
+        m = np.concatenate([np.stack([x, -y, one, zero], 1), np.stack([y, x, zero, one], 1)])
+        sw = np.sqrt(np.concatenate([w, w]))[:, None]
+        (a, b, tx, ty), *_ = np.linalg.lstsq(m * sw, np.concatenate([dst[:, 0], dst[:, 1]]) * sw[:, 0], rcond=None)
+        r = np.array([[a, -b], [b, a]])
+        t = np.array([tx, ty]) - r @ c
+        return cls.from_array(np.concatenate([r, t[:, None]], axis=1))
+
+
+@dataclass(frozen=True)
 class Polynomial(Transform):
     """2-D polynomial of order 2 or 3 on normalised coordinates ``(xy - center) / scale``."""
 
@@ -272,13 +301,15 @@ def model_name(t: Transform) -> str:
 
 
 def min_points(kind: str) -> int:
-    return {"shift": 1, "affine": 3, "poly2": 7, "poly3": 11, "tps": 6}[kind]
+    return {"shift": 1, "similarity": 2, "affine": 3, "poly2": 7, "poly3": 11, "tps": 6}[kind]
 
 
 def fit_model(kind: str, src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None) -> Transform:
-    """Least-squares fit of the model named ``kind`` (shift, affine, poly2, poly3, tps)."""
+    """Least-squares fit of the model named ``kind`` (shift, similarity, affine, poly2, poly3, tps)."""
     if kind == "shift":
         return Shift.fit(src, dst, weights)
+    if kind == "similarity":
+        return Similarity.fit(src, dst, weights)
     if kind == "affine":
         return Affine.fit(src, dst, weights)
     if kind in ("poly2", "poly3"):
@@ -294,6 +325,8 @@ def transform_from_dict(d: dict[str, Any]) -> Transform:
         return Shift(tuple(d["t"]))
     if kind == "affine":
         return Affine.from_array(np.asarray(d["matrix"]))
+    if kind == "similarity":
+        return Similarity.from_array(np.asarray(d["matrix"]))
     if kind in ("poly2", "poly3"):
         return Polynomial(int(d["order"]), tuple(tuple(c) for c in d["coef"]),  # type: ignore[arg-type]
                           tuple(d["center"]), float(d["scale"]))

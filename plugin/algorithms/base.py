@@ -45,7 +45,8 @@ MODALITIES = (("auto", "Automatic (detect)"), ("sar", "SAR"), ("optical", "Optic
               ("multispectral", "Multispectral"))
 TRANSFORMS = (("auto", "Automatic (best model by check points)"), ("shift", "Shift"), ("affine", "Affine"),
               ("poly2", "Polynomial, 2nd order"), ("poly3", "Polynomial, 3rd order"),
-              ("tps", "Thin plate spline"))
+              ("tps", "Thin plate spline"),
+              ("similarity", "Similarity (Helmert: shift, rotation, one scale)"))  # appended: saved models keep their numbers
 GRIDS = (("reference", "Reference grid (resample the target onto the reference)"),
          ("target", "Target grid (keep the target's pixels, correct its georeferencing)"))
 DEVICES = (("auto", "Automatic (CUDA if available)"), ("cpu", "CPU"), ("cuda", "CUDA GPU"))

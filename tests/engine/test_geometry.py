@@ -7,6 +7,7 @@ import time
 import numpy as np
 import pytest
 
+from hsscl.engine.errors import NotEnoughMatchesError
 from hsscl.engine.fitting import CHECK_FRACTION, fit_correction
 from hsscl.engine.geometry.robust import choose_model, magsac, robust_fit
 from hsscl.engine.geometry.transforms import (
@@ -37,7 +38,9 @@ def wave(xy: np.ndarray) -> np.ndarray:
     return AFFINE(xy) + np.stack([2.0 * np.sin(xy[:, 0] / 90.0), 1.5 * np.cos(xy[:, 1] / 70.0)], 1)
 
 
-TRUTHS = {"shift": lambda xy: xy + [3.25, -1.75], "affine": AFFINE, "poly2": quadratic, "poly3": cubic}
+SIMILARITY = Affine.from_similarity(1.031, -2.4, 6.5, -3.25, center=(200.0, 200.0))
+TRUTHS = {"shift": lambda xy: xy + [3.25, -1.75], "similarity": SIMILARITY, "affine": AFFINE, "poly2": quadratic,
+          "poly3": cubic}
 
 
 def points(n: int, seed: int = 0, lo: float = 0.0, hi: float = 400.0) -> np.ndarray:
@@ -48,7 +51,7 @@ def rms(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.sum((a - b) ** 2, axis=1))))
 
 
-@pytest.mark.parametrize("kind", ["shift", "affine", "poly2", "poly3"])
+@pytest.mark.parametrize("kind", ["shift", "similarity", "affine", "poly2", "poly3"])
 def test_model_recovers_known_transform_from_exact_points(kind):
     src = points(60)
     model = fit_model(kind, src, TRUTHS[kind](src))
@@ -96,7 +99,7 @@ def test_affine_helpers_are_consistent():
     np.testing.assert_allclose(sim.compose(AFFINE)(p), sim(AFFINE(p)), atol=1e-9)
 
 
-@pytest.mark.parametrize("kind", ["shift", "affine", "poly2", "poly3", "tps"])
+@pytest.mark.parametrize("kind", ["shift", "similarity", "affine", "poly2", "poly3", "tps"])
 def test_json_round_trip(kind):
     src = points(80)
     truth = TRUTHS.get(kind, wave)
@@ -106,6 +109,39 @@ def test_json_round_trip(kind):
     assert type(back) is type(model) and model_name(back) == kind
     fresh = points(200, seed=3)
     np.testing.assert_allclose(back(fresh), model(fresh), rtol=0, atol=1e-9)
+
+
+def test_similarity_is_a_constrained_affine():
+    """A similarity keeps one scale and no shear whatever the points say, is warped as an affine, and fitted with
+    weights as the weighted least squares of its 4 parameters."""
+    src = points(40, seed=8)
+    sim = fit_model("similarity", src, AFFINE(src))  # AFFINE has shear and two scales: not representable
+    assert isinstance(sim, Affine) and model_name(sim) == "similarity"
+    a = sim.A[:, :2]
+    assert a[0, 0] == pytest.approx(a[1, 1], abs=1e-12) and a[0, 1] == pytest.approx(-a[1, 0], abs=1e-12)
+    assert rms(sim(src), AFFINE(src)) > 0.5  # the affine's shear is not absorbed
+    # weights: zero weight on half the points = the fit of the other half
+    rng = np.random.default_rng(9)
+    dst = SIMILARITY(src) + rng.normal(0, 0.5, src.shape)
+    w = np.r_[np.ones(20), np.zeros(20)]
+    np.testing.assert_allclose(fit_model("similarity", src, dst, w).A, fit_model("similarity", src[:20], dst[:20]).A,
+                               atol=1e-9)
+    with pytest.raises(NotEnoughMatchesError):
+        fit_model("similarity", src[:1], dst[:1])
+
+
+def test_choose_model_prefers_a_similarity_to_an_affine_on_few_clustered_points():
+    """20 tie points on one corner of the image (a small overlap): the affine's two extra degrees of freedom fit
+    the noise and tilt the extrapolation, the similarity generalises; the spatially blocked CV sees it."""
+    rng = np.random.default_rng(11)
+    src = points(20, seed=11, lo=0.0, hi=120.0)
+    dst = SIMILARITY(src) + rng.normal(0, 0.7, src.shape)
+    choice = choose_model(src, dst, seed=0)
+    assert choice.kind == "similarity", choice.reason
+    assert choice.cv_rmse["similarity"] < choice.cv_rmse["affine"]
+    far = points(200, seed=12)  # the whole 400 px image
+    fitted = {k: rms(fit_model(k, src, dst)(far), SIMILARITY(far)) for k in ("similarity", "affine")}
+    assert fitted["similarity"] < fitted["affine"]
 
 
 def test_transform_from_dict_rejects_unknown_kind():
@@ -201,7 +237,6 @@ def test_robust_fit_polishes_the_requested_model_despite_outliers(kind):
 
 
 def test_robust_fit_needs_enough_points():
-    from hsscl.engine.errors import NotEnoughMatchesError
 
     with pytest.raises(NotEnoughMatchesError):
         robust_fit(points(4), points(4, seed=1), "affine")
@@ -287,8 +322,8 @@ def test_choose_model_keeps_the_scale_a_shift_cannot_represent():
     src = rng.uniform(10, 120, (60, 2))
     dst = 1.04 * (src - 65) + 65 + [3.0, -2.0] + rng.normal(0, 0.2, src.shape)
     choice = choose_model(src, dst, seed=0, px_scale=1.04)
-    assert choice.kind == "affine", choice.reason
-    assert choice.cv_rmse["shift"] > 1.0 > choice.cv_rmse["affine"] * 3
+    assert choice.kind == "similarity", choice.reason  # a scale (and no shear): the simplest model that holds it
+    assert choice.cv_rmse["shift"] > 1.0 > choice.cv_rmse["similarity"] * 3
     # the errors are in reference pixels: twice the target's scale halves them
     half = choose_model(src, 2 * dst, seed=0, px_scale=2.08)
-    assert half.cv_rmse["affine"] == pytest.approx(choice.cv_rmse["affine"], rel=1e-6)
+    assert half.cv_rmse["similarity"] == pytest.approx(choice.cv_rmse["similarity"], rel=1e-6)

@@ -141,6 +141,34 @@ def test_scale_difference_is_not_fitted_as_a_shift(shared_data, tmp_path):
     assert after < 0.8, f"true RMSE {after:.2f} px with a {kind} model"
 
 
+def test_similarity_model_chosen_and_written_for_a_rotation_and_scale(shared_data, tmp_path):
+    """BigEarthNet S2 B08 onto B04 rotated by 2.5 deg and scaled by 3 %: ``auto`` picks a model that holds both
+    (a similarity or an affine), and ``--transform similarity`` fits one scale and no shear, is written to
+    correction.json as such, read back and applied through GDAL like an affine."""
+    s2 = glob.glob(str(shared_data / f"bigearthnet_example/BigEarthNet-S2-Example/*_{BEN_PATCH}/*_B0[48].tif"))
+    if len(s2) != 2:
+        pytest.skip(f"BigEarthNet patch {BEN_PATCH} is not in this copy of the shared data")
+    ref, nir = sorted(s2)
+    tgt = str(tmp_path / "b08_rotated.tif")
+    truth = misregister(nir, tgt, similarity(120, 120, 2.5, 1.03, (4.0, -6.0)))
+    auto = pipeline.estimate(ref, tgt, CoregConfig(seed=0))
+    assert auto.report["model"]["kind"] in ("similarity", "affine"), auto.report["model"]["reason"]
+    res = pipeline.coregister(ref, tgt, tmp_path / "out", CoregConfig(seed=0, transform="similarity"))
+    saved = json.loads((tmp_path / "out" / "correction.json").read_text())
+    assert saved["model"]["kind"] == "similarity"
+    model = Correction.load(tmp_path / "out" / "correction.json").model
+    a = model.A[:, :2]
+    assert a[0, 0] == pytest.approx(a[1, 1]) and a[0, 1] == pytest.approx(-a[1, 0])
+    assert grid_rmse(model, truth, 120, 120, step=4) < 0.8
+    assert res.report["model"]["kind"] == "similarity"
+    moved, _ = read(str(tmp_path / "out" / "coregistered.tif"))
+    original, _ = read(nir)  # B08 before the misregistration: on the reference's grid
+    inner = (slice(15, -15), slice(15, -15))  # away from the edges the rotation leaves empty
+    m, o = moved[inner].ravel(), original[inner].ravel()
+    ok = np.isfinite(m) & np.isfinite(o)
+    assert ok.mean() > 0.9 and np.corrcoef(m[ok], o[ok])[0, 1] > 0.95
+
+
 def _ben_sar_optical(shared_data, tmp_path, S: Affine):
     s2 = glob.glob(str(shared_data / f"bigearthnet_example/BigEarthNet-S2-Example/*_{BEN_PATCH}/*_B04.tif"))
     s1 = glob.glob(str(shared_data / f"bigearthnet_example/BigEarthNet-S1-Example/*_{BEN_PATCH}/*_VV.tif"))

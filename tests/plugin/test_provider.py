@@ -42,7 +42,10 @@ def test_coregister_parameters(provider):
             "REPORT"} <= names
     assert alg.parameterDefinition("ADAPT").defaultValue() is False
     assert alg.parameterDefinition("TRANSFORM").options()[0].startswith("Automatic")
-    assert len(alg.parameterDefinition("TRANSFORM").options()) == 6
+    options = alg.parameterDefinition("TRANSFORM").options()
+    # numbers saved in graphical models and batch files keep their meaning: the similarity was appended
+    assert len(options) == 7 and options[1] == "Shift" and options[2] == "Affine"
+    assert options[6].startswith("Similarity")
     assert alg.parameterDefinition("EXTENT").flags() & alg.parameterDefinition("EXTENT").FlagOptional
 
 
@@ -59,6 +62,7 @@ def test_config_conversion(provider, s1s2_pair, project):
     params = {"REFERENCE": ref, "TARGET": tgt, "REFERENCE_BANDS": [1, 3], "TARGET_MODALITY": 1,
               "TRANSFORM": 2, "GRID": 1, "DEVICE": 1, "ADAPT": True, "THREADS": 3, "SEED": 7,
               "EXTENT": "400500,401500,5096000,5099000 [EPSG:32631]"}
+    assert alg.build_config({**params, "TRANSFORM": 6}, context, reference).transform == "similarity"
     config = alg.build_config(params, context, reference)
     assert config.transform == "affine" and config.grid == "target" and config.device == "cpu"
     assert config.adapt is True and config.threads == 3 and config.seed == 7
