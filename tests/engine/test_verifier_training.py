@@ -49,3 +49,44 @@ def test_fit_separates_right_from_wrong_and_writes_a_loadable_verifier(tmp_path)
     (tmp_path / "v.json").write_text(json.dumps(doc))
     v = Verifier.load(tmp_path / "v.json")
     assert v.name == "verifier-test" and 0.3 <= v.threshold <= 0.95
+
+
+def test_collect_agreement_asks_the_second_descriptor_only_below_the_threshold(mini_cache):
+    """Real samples: CFOG as the pipeline runs it; learned-cfog only where CFOG is below the threshold (here 1.01:
+    always, and 0: never), each answer with its delivered model on the 9 x 9 grid and its error."""
+    always = V.collect_agreement(2, seed=5, threshold=1.01, cache_path=mini_cache, log=lambda *_: None)
+    never = V.collect_agreement(2, seed=5, threshold=0.0, cache_path=mini_cache, log=lambda *_: None)
+    assert all("learned-cfog" in r for r in always) and not any("learned-cfog" in r for r in never)
+    for r in always:
+        for name in ("cfog", "learned-cfog"):
+            ans = r[name]
+            assert 0.0 <= ans["confidence"] <= 1.0
+            if "grid" in ans:
+                assert np.asarray(ans["grid"]).shape == (81, 2)
+                assert (ans["error"] == math.inf) if r["negative"] else (0.0 <= ans["error"] < math.inf)
+    assert [r["cfog"]["confidence"] for r in always] == [r["cfog"]["confidence"] for r in never]  # same samples
+
+
+def test_fit_agreement_learns_that_agreeing_descriptors_are_right():
+    """Synthetic records: below the threshold, answers are right where the two descriptors land together and
+    wrong where they land apart; the head learns it (out of fold), accepts more right answers than the confidence
+    alone, and keeps those far off out."""
+    rng = np.random.default_rng(1)
+    grid = np.stack(np.meshgrid(np.arange(9.0), np.arange(9.0)), -1).reshape(-1, 2) * 20
+    recs = []
+    for i in range(160):
+        right = bool(rng.random() < 0.5)
+        conf = float(rng.uniform(0.3, 0.6))
+        off = float(rng.uniform(0.0, 0.8)) if right else float(rng.uniform(4, 30))
+        recs.append({"key": f"k{i % 10}", "seed": 0,
+                     "cfog": {"confidence": conf, "grid": grid.tolist(),
+                              "error": float(rng.uniform(0.2, 2)) if right else float(rng.uniform(6, 40))},
+                     "learned-cfog": {"confidence": conf - 0.1, "grid": (grid + off).tolist(), "error": 9.0}})
+    recs += [{"key": "k0", "cfog": {"confidence": 0.95, "error": 0.5}}] * 20  # CFOG sure: no second opinion
+    out = V.fit_agreement(recs, threshold=0.64)
+    s = out["summary"]
+    assert s["examples"] == 160 and s["samples"] == 180
+    assert s["auc_oof"] > 0.95 > s["auc_confidence_alone"] and s["brier_oof"] < s["brier_confidence_alone"]
+    with_, alone = s["at_threshold"]["with_agreement"], s["at_threshold"]["confidence_alone"]
+    assert with_["within_3px"] > alone["within_3px"] + 40 and with_["off_over_5px"] == alone["off_over_5px"] == 0
+    assert out["head"].names == ("logit_confidence", "agreement") and out["head"].coef[1] > 0

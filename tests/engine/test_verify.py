@@ -131,6 +131,71 @@ def test_decision_takes_the_most_confident_alternative_and_refuses_below_the_thr
     assert former_rule(ev) and dec.verifier_changed
 
 
+class _Matched(_Res):
+    """A result whose matches follow ``model`` (reference px -> moving px) over a 200 px image."""
+
+    def __init__(self, c: float, model, seed: int = 0):
+        from types import SimpleNamespace
+
+        super().__init__(c)
+        rng = np.random.default_rng(seed)
+        ref = rng.uniform(10, 190, (60, 2))
+        self.matches = SimpleNamespace(ref_xy=ref, mov_xy=model(ref) + rng.normal(0, 0.2, ref.shape),
+                                       score=np.full(60, 0.5))
+
+
+class _Desc:
+    def __init__(self, name: str):
+        self.name = name
+
+
+def _with_agreement_head(monkeypatch):
+    """The shipped verifier with an agreement head that rewards agreement (as the fitted one does)."""
+    import hsscl.engine.matching.verify as verify
+    from hsscl.engine.matching.verify import Head
+
+    v = replace(load_verifier(), agreement=Head(("logit_confidence", "agreement"), (0.0, 0.0), (1.0, 1.0),
+                                                  (1.0, 3.0), -1.0))
+    monkeypatch.setattr(verify, "load_verifier", lambda path=None: v)
+    return v
+
+
+def test_two_descriptors_landing_on_one_alignment_raise_the_confidence(monkeypatch):
+    """CFOG unsure (45 %); learned-cfog lands on the same alignment: the agreement head judges both together and
+    the decision accepts, saying why; where learned-cfog lands 8 px away the confidence falls instead. Answers of
+    one descriptor (a wider search of CFOG) are no second look and change nothing."""
+    from hsscl.engine.decision import agree
+    from hsscl.engine.geometry.transforms import Affine
+
+    _with_agreement_head(monkeypatch)
+    truth = Affine.from_similarity(1.02, 2.0, 5.0, -3.0, center=(100, 100))
+    cfog = Alternative("cfog", _Matched(0.45, truth), _Desc("cfog"))
+    same = Alternative("learned-cfog (second opinion)", _Matched(0.30, truth, seed=1), _Desc("learned-cfog"))
+    moved = Affine.from_similarity(1.02, 2.0, 13.0, -3.0, center=(100, 100))
+    far = Alternative("learned-cfog (second opinion)", _Matched(0.30, moved, seed=1), _Desc("learned-cfog"))
+    judged = agree([cfog, same], 200, 200)
+    assert judged[0].agreement["distance_px"] < 0.5 and judged[0].agreement["confidence_alone"] == 0.45
+    assert judged[0].confidence > 0.64 > 0.45 and judged[1].confidence < judged[0].confidence
+    best, dec = decide(judged, min_confidence=0.64)
+    assert best.source == "cfog" and dec.accepted and dec.agreement["with"] == "learned-cfog (second opinion)"
+    assert "lands within 0.0 px" in dec.why or "lands within 0.1 px" in dec.why, dec.why
+    apart = agree([cfog, far], 200, 200)
+    assert 7.5 < apart[0].agreement["distance_px"] < 8.5 and apart[0].confidence < 0.45
+    wider = Alternative("cfog, wider search", _Matched(0.30, truth, seed=1), _Desc("cfog"))
+    assert agree([cfog, wider], 200, 200) == [cfog, wider]
+
+
+def test_without_an_agreement_head_nothing_changes(monkeypatch):
+    import hsscl.engine.matching.verify as verify
+    from hsscl.engine.decision import agree
+    from hsscl.engine.geometry.transforms import Affine
+
+    monkeypatch.setattr(verify, "load_verifier", lambda path=None: replace(load_verifier(), agreement=None))
+    a = Alternative("cfog", _Matched(0.45, Affine()), _Desc("cfog"))
+    b = Alternative("learned-cfog (second opinion)", _Matched(0.3, Affine()), _Desc("learned-cfog"))
+    assert agree([a, b], 200, 200) == [a, b]
+
+
 @pytest.mark.parametrize("bad", [-0.1, 1.5])
 def test_min_confidence_outside_0_1_is_a_clear_error(bad):
     with pytest.raises(InputError) as exc:
