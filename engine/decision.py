@@ -9,11 +9,8 @@ keep the best guess, in which case the outputs are written and marked low-confid
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
-
-import numpy as np
 
 from .errors import NotEnoughMatchesError
 from .matching.verify import Evidence, load_verifier
@@ -27,12 +24,9 @@ class Alternative:
     result: Any              # MatchResult
     descriptor: Any
     extra: dict = field(default_factory=dict)
-    agreement: dict | None = None   # set by :func:`agree`: judged together with another descriptor's answer
 
     @property
     def confidence(self) -> float:
-        if self.agreement is not None:
-            return float(self.agreement["confidence"])
         return float(self.result.confidence)
 
 
@@ -46,13 +40,11 @@ class Decision:
     why: str
     candidates: tuple[dict, ...]
     verifier_changed: bool   # the former fixed rule (decoy margin, evidence count) would have decided otherwise
-    agreement: dict | None = None   # the chosen answer judged together with another descriptor's (see agree)
 
     def to_dict(self) -> dict:
         return {"accepted": self.accepted, "confidence": round(self.confidence, 4), "threshold": self.threshold,
                 "low_confidence": self.low_confidence, "chosen": self.chosen, "why": self.why,
-                "candidates": list(self.candidates), "verifier_changed": self.verifier_changed,
-                "agreement": self.agreement}
+                "candidates": list(self.candidates), "verifier_changed": self.verifier_changed}
 
 
 def threshold(min_confidence: float | None) -> float:
@@ -71,52 +63,6 @@ def former_rule(ev: Evidence | None) -> bool:
     return n >= 6 and r >= 0.15 and r >= 2.0 * ev.decoy_ratio + 0.05 and (n >= 20 or r >= 0.6)
 
 
-def _model(alt: Alternative, seed: int):
-    """The model the pipeline would deliver from this alternative's matches (matching space), or None."""
-    from .errors import NotEnoughMatchesError
-    from .fitting import fit_correction
-
-    m = alt.result.matches
-    try:
-        return fit_correction(m.ref_xy, m.mov_xy, m.score, "auto", seed=seed).model
-    except (NotEnoughMatchesError, ValueError, np.linalg.LinAlgError):
-        return None
-
-
-def agree(alternatives: list[Alternative], width: float, height: float, seed: int = 0) -> list[Alternative]:
-    """The two most confident answers from different descriptors, judged together by the verifier's agreement
-    head: each gets the head's confidence from its own and the distance between the two (higher where the other
-    descriptor lands on the same alignment, lower where it lands elsewhere; the head is fitted on the more
-    confident one, and keeps their order), with an ``agreement`` note. Unchanged when the verifier has
-    no agreement head or there are no two descriptors' answers. ``width``, ``height``: the matching space's
-    reference size (the agreement is measured over 10-90 % of it)."""
-    from .matching.verify import agreement_distance, agreement_features, load_verifier
-
-    v = load_verifier()
-    if v is None or v.agreement is None:
-        return alternatives
-    ranked = sorted(alternatives, key=lambda a: a.confidence, reverse=True)
-    first = next((a for a in ranked if a.agreement is None), None)
-    if first is None:
-        return alternatives
-    name = getattr(first.descriptor, "name", str(first.descriptor))
-    other = next((a for a in ranked if getattr(a.descriptor, "name", str(a.descriptor)) != name), None)
-    if other is None:
-        return alternatives
-    ma, mb = _model(first, seed), _model(other, seed)
-    d = agreement_distance(ma, mb, width, height) if ma is not None and mb is not None else math.inf
-    dist = round(d, 3) if math.isfinite(d) else None
-
-    def judged(a: Alternative, b: Alternative) -> Alternative:
-        p = v.agreement.probability(agreement_features(a.result.confidence, d))
-        note = {"with": b.source, "distance_px": dist, "confidence_alone": round(a.result.confidence, 4),
-                "confidence": p, "head": "agreement"}
-        return Alternative(a.source, a.result, a.descriptor, a.extra, note)
-
-    new = {id(first): judged(first, other), id(other): judged(other, first)}
-    return [new.get(id(a), a) for a in alternatives]
-
-
 def decide(alternatives: list[Alternative], min_confidence: float | None = None,
            keep_best_guess: bool = False) -> tuple[Alternative, Decision]:
     """The most confident alternative and the decision on it; raises :class:`NotEnoughMatchesError` (with the
@@ -129,17 +75,12 @@ def decide(alternatives: list[Alternative], min_confidence: float | None = None,
     accepted = conf >= thr
     cands = tuple({"source": a.source, "confidence": round(a.confidence, 4)} for a in alternatives)
     others = [f"{a.source} {a.confidence:.0%}" for a in alternatives if a is not best]
-    agreed = best.agreement
-    why = (f"{best.source} has the highest confidence ({conf:.1%}"
-           + (f"; {agreed['with']} " + (f"lands within {agreed['distance_px']:.1f} px of it"
-                                         if agreed["distance_px"] is not None else "has no alignment to compare")
-              + f", {agreed['confidence_alone']:.0%} alone" if agreed else "") + ")"
+    why = (f"{best.source} has the highest confidence ({conf:.1%})"
            + (f" of {len(alternatives)} alternatives ({', '.join(others)})" if others else "")
            + (f", at or above the threshold {thr:.0%}" if accepted else f", below the threshold {thr:.0%}"))
     ev = best.result.verdict.evidence if best.result.verdict is not None else None
     decision = Decision(accepted, conf, thr, (not accepted) and keep_best_guess, best.source, why, cands,
-                        former_rule(ev) != accepted,
-                        {**agreed, "confidence": round(agreed["confidence"], 4)} if agreed else None)
+                        former_rule(ev) != accepted)
     if not accepted and not keep_best_guess:
         model = best.result.diagnostics.get("pass1", {})
         err = NotEnoughMatchesError(

@@ -269,14 +269,13 @@ def _match(R, RV, M, MV, descriptor, settings: MatchSettings, config: CoregConfi
     1. the configured descriptor (adapted to the pair when ``config.adapt``: engine/adapt.py, which keeps the
        adapted match only when it is more confident);
     2. when that is below the decision threshold and the descriptor has a second opinion
-       (:func:`~.descriptors.base.second_opinion`), that descriptor; the two answers are then judged together
-       (:func:`~.decision.agree`: the verifier's agreement head);
+       (:func:`~.descriptors.base.second_opinion`), that descriptor;
     3. when still below it, a wider search (:func:`wider_settings`: larger shift, rotation and scale ranges,
        and any rotation for images without georeferencing or with ``config.any_rotation``).
     The most confident wins (:func:`~.decision.decide`). Returns ``(result, descriptor, adaptation note,
     second-opinion note, decision, search note)``; raises :class:`NotEnoughMatchesError` below the threshold
     unless ``config.keep_best_guess``."""
-    from .decision import Alternative, agree, decide, threshold
+    from .decision import Alternative, decide, threshold
 
     thr = threshold(config.min_confidence)
     alts: list[Alternative] = []
@@ -320,14 +319,6 @@ def _match(R, RV, M, MV, descriptor, settings: MatchSettings, config: CoregConfi
                 d2 = None
             if d2 is not None:
                 attempt(f"{second} (second opinion)", d2, settings, True)
-        # two descriptors' answers: judged together (the verifier's agreement head)
-        alts[:] = agree(alts, R.shape[-1], R.shape[-2], seed=config.seed)
-        for a in alts:
-            if a.agreement is not None:
-                d = a.agreement["distance_px"]
-                mon.log(f"{a.source}: confidence {a.confidence:.1%} judged with {a.agreement['with']} "
-                        f"({'no alignment to compare' if d is None else f'{d:.1f} px apart'}; "
-                        f"{a.agreement['confidence_alone']:.1%} alone)")
     if best_conf() < thr and config.wider_search:
         wide = wider_settings(settings, R, RV, M, MV, any_rotation=config.any_rotation or not georeferenced)
         lead = max(alts, key=lambda a: a.confidence) if alts else None

@@ -12,10 +12,7 @@ misregistrations; nothing of the benchmark's pairs): ``hsscl.engine.train.verifi
 ``resources/models/verifier-<version>.json`` (registry name ``verifier``). Two heads share the file: the
 *candidate* head judges a hypothesis after verification (pass 1), so that hypotheses from any source
 (rotation/scale search, other descriptors, adaptation) are ranked on one scale; the *final* head adds the
-sub-pixel pass and gives the confidence that the decision (:mod:`engine.decision`) thresholds. A third,
-optional head, *agreement*, judges two independent descriptors' answers for one pair together
-(:func:`agreement_features`): where CFOG is unsure and its second opinion (learned-cfog) lands on the same
-alignment, that agreement is evidence neither answer holds alone.
+sub-pixel pass and gives the confidence that the decision (:mod:`engine.decision`) thresholds.
 
 Every alternative the pipeline tries is judged here and nowhere else.
 """
@@ -171,24 +168,6 @@ def coverage(ref_xy: np.ndarray, inlier: np.ndarray, width: float, height: float
     return float(len(with_inlier) / max(len(occupied), 1))
 
 
-AGREEMENT_PX = 1.5   # the scale of the agreement kernel (half the 3 px of a right answer), fixed a priori
-
-
-def agreement_distance(model_a, model_b, width: float, height: float) -> float:
-    """RMS distance (px) between two models' mappings over a 9 x 9 grid spanning 10-90 % of the reference."""
-    g = np.stack(np.meshgrid(np.linspace(0.1, 0.9, 9) * width, np.linspace(0.1, 0.9, 9) * height), -1).reshape(-1, 2)
-    return float(np.sqrt(np.mean(np.sum((model_a(g) - model_b(g)) ** 2, axis=1))))
-
-
-def agreement_features(confidence: float, distance_px: float) -> dict[str, float]:
-    """Features of the agreement head: the more confident answer's final confidence (as a logit) and how closely
-    the two descriptors' alignments agree (``exp(-(d / AGREEMENT_PX)^2)``: 1 at the same alignment, about 0
-    beyond 3 px)."""
-    p = min(max(confidence, 1e-4), 1 - 1e-4)
-    d = distance_px if math.isfinite(distance_px) else 1e3
-    return {"logit_confidence": math.log(p / (1 - p)), "agreement": math.exp(-(d / AGREEMENT_PX) ** 2)}
-
-
 @dataclass(frozen=True)
 class Head:
     names: tuple[str, ...]
@@ -217,7 +196,6 @@ class Verifier:
     candidate: Head
     final: Head
     threshold: float          # the default decision threshold on the final head's confidence
-    agreement: Head | None = None   # two descriptors' answers judged together (absent in older files)
 
     @classmethod
     def load(cls, path: str | Path) -> Verifier:
@@ -225,8 +203,7 @@ class Verifier:
 
         try:
             d = json.loads(Path(path).read_text())
-            return cls(d["name"], Head.from_dict(d["candidate"]), Head.from_dict(d["final"]), float(d["threshold"]),
-                       Head.from_dict(d["agreement"]) if d.get("agreement") else None)
+            return cls(d["name"], Head.from_dict(d["candidate"]), Head.from_dict(d["final"]), float(d["threshold"]))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise WeightsError(f"The verifier file '{path}' is missing or damaged ({exc}).",
                                "Reinstall the plugin, or run the verifier's calibration again "

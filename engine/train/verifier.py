@@ -39,34 +39,13 @@ def _affine_error(model, H: np.ndarray, size: int) -> float:
     return float(np.sqrt(np.mean(np.sum((model(g) - t) ** 2, 1))))
 
 
-def _draw(cache, gen: torch.Generator, rng: np.random.Generator, negatives: float):
-    """One training crop: ``(pair index, crop size, batch, negative)``; its partner warped by a random
-    misregistration (shift <= 15 % of the crop, rotation <= 10 deg, scale <= 10 %, shear <= 0.02), or for a
-    share ``negatives`` replaced by a crop of another location (unrelated ground)."""
-    from .data import WarpRange
-
-    k = int(torch.multinomial(cache.weights, 1, generator=gen))
-    ia = int(cache.pairs[k][0])
-    h, w = cache.images[ia].shape[-2:]
-    size = int(min(512, max(128, min(h, w) / 1.15 // 16 * 16)))
-    warp = WarpRange(rotation_deg=10.0, log_scale=0.1, shear=0.02, shift_px=0.15 * size)
-    b = cache.sample(1, size, gen, warp=warp, index=[k])
-    negative = bool(rng.random() < negatives)
-    if negative:  # the partner from another location: unrelated ground
-        others = [j for j in range(len(cache.pairs)) if cache.keys[j] != cache.keys[k]]
-        j = others[int(rng.integers(len(others)))]
-        o = cache.sample(1, size, gen, warp=warp, index=[j])
-        b.b, b.vb = o.b, o.vb
-    return k, size, b, negative
-
-
 def collect(samples: int, seed: int = 0, negatives: float = 0.15, second_share: float = 0.3,
             cache_path: str | Path = ROOT / ".traincache" / "hsscl_pairs.npz", log=print) -> list[dict]:
     """Run the matcher on ``samples`` misregistered training crops; one record per sample."""
     from ..descriptors.base import get_descriptor
     from ..errors import HSSCLError
     from ..matching.matcher import MatchSettings, match_pair
-    from .data import PairCache
+    from .data import PairCache, WarpRange
 
     exclude = json.loads(CONFIG.read_text()).get("exclude_keys", [])
     cache = PairCache(cache_path, split="all", exclude=exclude, residuals=True)
@@ -77,7 +56,18 @@ def collect(samples: int, seed: int = 0, negatives: float = 0.15, second_share: 
     out: list[dict] = []
     t0 = time.perf_counter()
     for i in range(samples):
-        k, size, b, negative = _draw(cache, gen, rng, negatives)
+        k = int(torch.multinomial(cache.weights, 1, generator=gen))
+        ia = int(cache.pairs[k][0])
+        h, w = cache.images[ia].shape[-2:]
+        size = int(min(512, max(128, min(h, w) / 1.15 // 16 * 16)))
+        warp = WarpRange(rotation_deg=10.0, log_scale=0.1, shear=0.02, shift_px=0.15 * size)
+        b = cache.sample(1, size, gen, warp=warp, index=[k])
+        negative = bool(rng.random() < negatives)
+        if negative:  # the partner from another location: unrelated ground
+            others = [j for j in range(len(cache.pairs)) if cache.keys[j] != cache.keys[k]]
+            j = others[int(rng.integers(len(others)))]
+            o = cache.sample(1, size, gen, warp=warp, index=[j])
+            b.b, b.vb = o.b, o.vb
         use_second = bool(rng.random() < second_share)
         desc = lcfog if use_second else cfog
         settings = MatchSettings(max_shift_px=max(0.15 * size, 40.0) + 8, seed=i, stop_confidence=2.0)
@@ -104,70 +94,6 @@ def collect(samples: int, seed: int = 0, negatives: float = 0.15, second_share: 
             ok_n = sum(1 for r in out if r["error"] is not None and r["error"] <= 3)
             log(f"[verifier] {i + 1}/{samples} samples, {ok_n} within 3 px, {time.perf_counter() - t0:.0f} s")
     return out
-
-
-def collect_agreement(samples: int, seed: int = 0, negatives: float = 0.15, threshold: float | None = None,
-                      cache_path: str | Path = ROOT / ".traincache" / "hsscl_pairs.npz", log=print) -> list[dict]:
-    """Records for the *agreement* head, drawn as :func:`collect` draws its crops: CFOG matches each crop as the
-    pipeline does (the shipped verifier judging); where its confidence is below ``threshold`` (the shipped
-    verifier's) learned-cfog matches it too, as the second opinion does. Each answer's delivered model
-    (:func:`~..fitting.fit_correction`, auto) is sampled on a 9 x 9 grid over 10-90 % of the crop; its error is
-    the RMSE of that grid against the known warp."""
-    from ..descriptors.base import get_descriptor
-    from ..errors import HSSCLError
-    from ..fitting import fit_correction
-    from ..matching.matcher import MatchSettings, match_pair
-    from ..matching.verify import load_verifier
-    from .data import PairCache
-
-    thr = threshold if threshold is not None else load_verifier().threshold
-    exclude = json.loads(CONFIG.read_text()).get("exclude_keys", [])
-    cache = PairCache(cache_path, split="all", exclude=exclude, residuals=True)
-    gen = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    descs = {"cfog": get_descriptor("cfog"), "learned-cfog": get_descriptor("learned-cfog")}
-    out: list[dict] = []
-    t0 = time.perf_counter()
-    for i in range(samples):
-        k, size, b, negative = _draw(cache, gen, rng, negatives)
-        H = b.H[0].double().numpy()
-        g = np.stack(np.meshgrid(np.linspace(0.1, 0.9, 9), np.linspace(0.1, 0.9, 9)), -1).reshape(-1, 2) * size
-        rec = {"i": i, "seed": seed, "key": str(cache.keys[k]), "kind": str(cache.kinds[k]), "size": size,
-               "negative": negative}
-        for name, desc in descs.items():
-            if name != "cfog" and rec["cfog"]["confidence"] >= thr:
-                break  # the pipeline asks no second opinion then
-            try:
-                res = match_pair(b.a, b.va, b.b, b.vb, desc, MatchSettings(max_shift_px=max(0.15 * size, 40.0) + 8,
-                                                                           seed=i))
-                m = res.matches
-                fit = fit_correction(m.ref_xy, m.mov_xy, m.score, "auto", seed=0)
-                rec[name] = {"confidence": res.confidence, "model": fit.kind, "grid": fit.model(g).tolist(),
-                             "error": math.inf if negative else _affine_error(fit.model, H, size)}
-            except HSSCLError as err:
-                rec[name] = {"confidence": 0.0, "refused": str(err)[:200], "error": math.inf}
-        out.append(rec)
-        if (i + 1) % 10 == 0:
-            log(f"[verifier:agreement] {i + 1}/{samples} samples, {time.perf_counter() - t0:.0f} s")
-    return out
-
-
-def agreement_rows(records: list[dict], threshold: float) -> list[tuple[dict, float, str]]:
-    """(features, error, location) of the more confident answer wherever both descriptors answered."""
-    from ..matching.verify import agreement_features
-
-    rows = []
-    for r in records:
-        a, b = r.get("cfog"), r.get("learned-cfog")
-        if a is None or b is None or a["confidence"] >= threshold:
-            continue
-        best = a if a["confidence"] >= b["confidence"] else b
-        if "grid" in a and "grid" in b:
-            d = float(np.sqrt(np.mean(np.sum((np.array(a["grid"]) - np.array(b["grid"])) ** 2, 1))))
-        else:
-            d = math.inf
-        rows.append((agreement_features(best["confidence"], d), float(best["error"]), r["key"]))
-    return rows
 
 
 def _fit_logistic(X: np.ndarray, y: np.ndarray, l2: float = 1.0) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
@@ -241,48 +167,6 @@ def fit(records: list[dict], folds: int = 5, seed: int = 0) -> dict:
     return {"heads": result, "threshold": threshold}
 
 
-def fit_agreement(records: list[dict], threshold: float, folds: int = 5, seed: int = 0) -> dict:
-    """The agreement head from ``records`` (:func:`collect_agreement`), with out-of-fold figures beside those of
-    the more confident answer's own confidence, and the decision at ``threshold`` over all the records (those
-    CFOG answered confidently included) with and without it."""
-    from ..matching.verify import Head
-
-    rows = agreement_rows(records, threshold)
-    names = ("logit_confidence", "agreement")
-    X = np.array([[f[n] for n in names] for f, _, _ in rows], float)
-    err = np.array([e for _, e, _ in rows], float)
-    y = (err <= 3.0).astype(float)
-    alone = 1.0 / (1.0 + np.exp(-X[:, 0]))
-    keys = sorted({k for _, _, k in rows})
-    rng = np.random.default_rng(seed)
-    fold_of = {k: int(f) for k, f in zip(keys, rng.permutation(len(keys)) % folds)}
-    fo = np.array([fold_of[k] for _, _, k in rows])
-    oof = np.zeros(len(y))
-    for f in range(folds):
-        tr, te = fo != f, fo == f
-        if te.any() and len(np.unique(y[tr])) == 2:
-            w, b, mu, sd = _fit_logistic(X[tr], y[tr])
-            oof[te] = _predict(X[te], w, b, mu, sd)
-    w, b, mu, sd = _fit_logistic(X, y)
-    head = Head(names, tuple(map(float, mu)), tuple(map(float, sd)), tuple(map(float, w)), b)
-    first = [r for r in records if r["cfog"]["confidence"] >= threshold]
-    first_err = np.array([r["cfog"]["error"] for r in first], float)
-
-    def decided(p: np.ndarray) -> dict:
-        acc = p >= threshold
-        e = np.concatenate([first_err, err[acc]])
-        return {"accepted": int(len(e)), "of": len(records), "within_3px": int((e <= 3).sum()),
-                "off_3_5px": int(((e > 3) & (e <= 5)).sum()), "off_over_5px": int((e > 5).sum())}
-
-    summ = {"examples": int(len(y)), "positives": int(y.sum()), "samples": len(records),
-            "brier_oof": round(float(np.mean((oof - y) ** 2)), 4),
-            "brier_confidence_alone": round(float(np.mean((alone - y) ** 2)), 4),
-            "auc_oof": round(_auc(oof, y), 4), "auc_confidence_alone": round(_auc(alone, y), 4),
-            "reliability_oof": reliability(oof, y),
-            "at_threshold": {"threshold": threshold, "confidence_alone": decided(alone), "with_agreement": decided(oof)}}
-    return {"head": head, "summary": summ}
-
-
 def summary(fitted: dict) -> dict:
     out = {}
     for head, r in fitted["heads"].items():
@@ -321,16 +205,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(ROOT / "resources" / "models" / "verifier-0.1.0.json"))
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--publish", action="store_true", help="name the written file in the model registry")
-    ap.add_argument("--agreement-samples", type=int, help="only add the agreement head to the verifier in --out: "
-                    "collect this many samples (collect_agreement) and fit it")
-    ap.add_argument("--agreement-records", nargs="+", help="only add the agreement head to the verifier in --out, "
-                    "fitted on these records (JSON files written with --save-agreement-records)")
-    ap.add_argument("--save-agreement-records", help="write the collected agreement records (JSON) here")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    if a.agreement_samples or a.agreement_records:
-        return _add_agreement(a, t0)
     if a.records:
         records = [r for f in a.records for r in json.loads(Path(f).read_text())]
         for r in records:  # records of runs with other seeds: keep their sample ids distinct
@@ -352,32 +229,6 @@ def main(argv=None) -> int:
            "calibration_out_of_fold": summ}
     Path(a.out).write_text(json.dumps(doc, indent=1))
     print(json.dumps(summ, indent=1))
-    print(f"wrote {a.out}")
-    if a.publish:
-        publish(a.out, doc)
-    return 0
-
-
-def _add_agreement(a, t0: float) -> int:
-    """``--agreement-*``: the agreement head fitted and added to the verifier file ``--out`` (its other heads and
-    threshold unchanged)."""
-    doc = json.loads(Path(a.out).read_text())
-    if a.agreement_records:
-        records = [r for f in a.agreement_records for r in json.loads(Path(f).read_text())]
-    else:
-        records = collect_agreement(a.agreement_samples, a.seed, threshold=float(doc["threshold"]))
-        if a.save_agreement_records:
-            Path(a.save_agreement_records).write_text(json.dumps(records, default=float))
-    fitted = fit_agreement(records, float(doc["threshold"]))
-    doc["agreement"] = fitted["head"].to_dict()
-    doc["calibration_out_of_fold"]["agreement"] = fitted["summary"]
-    doc["training"]["agreement"] = {
-        "samples": len(records), "seeds": sorted({r.get("seed", a.seed) for r in records}),
-        "what": "crops drawn as for the other heads; CFOG as the pipeline runs it, learned-cfog where CFOG is below "
-                "the threshold; the more confident answer labelled by its delivered model's error (auto model)",
-        "seconds": round(time.perf_counter() - t0, 1)}
-    Path(a.out).write_text(json.dumps(doc, indent=1))
-    print(json.dumps(fitted["summary"], indent=1))
     print(f"wrote {a.out}")
     if a.publish:
         publish(a.out, doc)
