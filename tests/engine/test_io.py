@@ -309,7 +309,7 @@ def test_atomic_path(tmp_path):
 
 # ----------------------------------------------------------------------------------------- Correction
 
-@pytest.mark.parametrize("kind", ["shift", "affine", "poly2", "poly3", "tps"])
+@pytest.mark.parametrize("kind", ["shift", "similarity", "affine", "poly2", "poly3", "tps"])
 def test_correction_json_round_trip(tmp_path, data_file, kind):
     ref = open_raster_info(data_file(S2_PATCH)).grid
     tgt = open_raster_info(data_file(OSM_PNG)).grid
@@ -320,6 +320,7 @@ def test_correction_json_round_trip(tmp_path, data_file, kind):
     p = c.save(tmp_path / "correction.json")
     back = Correction.load(p)
     assert back.reference == ref and back.target == tgt and back.grid == "target"
+    assert type(back.model) is type(model)
     np.testing.assert_allclose(back.model(q), model(q), atol=1e-9)
 
 

@@ -320,7 +320,7 @@ def test_tiepoints_gpkg_layers_and_fields(gefolki):
 
 def test_report_json_contents(gefolki):
     rep = json.loads((gefolki["out"] / "report.json").read_text())
-    assert rep["model"]["kind"] in ("shift", "affine", "poly2", "poly3", "tps")
+    assert rep["model"]["kind"] in ("shift", "similarity", "affine", "poly2", "poly3", "tps")
     assert rep["model"]["params"]["kind"] == rep["model"]["kind"]
     assert rep["model"]["reason"]
     c = rep["counts"]

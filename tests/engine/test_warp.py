@@ -11,7 +11,7 @@ from scipy.ndimage import map_coordinates
 
 from hsscl.engine.correction import Correction
 from hsscl.engine.errors import CancelledError, InputError, OutputError, OutputExistsError
-from hsscl.engine.geometry.transforms import Affine, Shift, Transform, fit_model
+from hsscl.engine.geometry.transforms import Affine, Shift, Similarity, Transform, fit_model
 from hsscl.engine.io.raster import RasterGrid, Window, open_raster_info, read_bands
 from hsscl.engine.progress import Monitor
 from hsscl.engine.warp import apply_correction
@@ -33,6 +33,7 @@ def models() -> dict[str, Transform]:
     q = rng.uniform(0, 400, (200, 2))
     wave = np.stack([3 * np.sin(q[:, 0] / 80), 2 * np.cos(q[:, 1] / 60)], 1)
     return {"shift": Shift((12.3, 9.7)), "affine": AFFINE,
+            "similarity": Similarity.from_similarity(1.02, -3.0, 11.0, -6.5, center=(200.0, 190.0)),
             "poly2": fit_model("poly2", q, AFFINE(q) + 1e-4 * (q - 200) ** 2),
             "poly3": fit_model("poly3", q, AFFINE(q) + 1e-6 * (q - 200) ** 3),
             "tps": fit_model("tps", q, AFFINE(q) + wave)}
@@ -106,7 +107,7 @@ def test_affine_onto_reference_equals_model_evaluation(tmp_path, s2):
     assert np.isnan(got[:, ~interior(s, tgt, ref.shape, -1.0)]).all()  # no source: nodata (NaN)
 
 
-@pytest.mark.parametrize("kind", ["shift", "affine", "poly2", "poly3", "tps"])
+@pytest.mark.parametrize("kind", ["shift", "similarity", "affine", "poly2", "poly3", "tps"])
 @pytest.mark.parametrize("grid", ["reference", "target"])
 def test_geometry_accuracy_with_coordinate_ramp(tmp_path, s2, kind, grid):
     """Warp a raster holding its own pixel coordinates: the output tells where each pixel came from."""
@@ -123,7 +124,7 @@ def test_geometry_accuracy_with_coordinate_ramp(tmp_path, s2, kind, grid):
     else:
         assert og.crs_wkt == tgt.crs_wkt
         s = model(ref.map_to_pixel(og.pixel_to_map(centres(og))))
-        if kind in ("shift", "affine"):  # only re-georeferenced (pixel size follows the model's scale)
+        if kind in ("shift", "similarity", "affine"):  # only re-georeferenced (pixel size follows the model's scale)
             assert og.shape == tgt.shape and og.transform != tgt.transform
         else:  # resampled onto a north-up grid of the target's pixel size
             assert og.resolution == pytest.approx(tgt.resolution)

@@ -97,7 +97,7 @@ def test_second_opinion_is_logged_in_processing(provider, ben_sar_pair, real_pip
     corners = np.array([[0.0, 0.0], [120.0, 0.0], [0.0, 120.0], [120.0, 120.0], [60.0, 60.0]])
     truth = ben_sar_pair[2]
     moved = np.hypot(*(Correction.load(res["CORRECTION"]).model(corners) - truth(corners)).T).max()
-    assert report["model"]["kind"] in ("shift", "affine") and moved < 3.0, report["model"]
+    assert report["model"]["kind"] in ("shift", "similarity", "affine") and moved < 3.0, report["model"]
 
 
 def test_match_then_apply_edited(provider, engine, s1s2_pair, tmp_path, project):
