@@ -123,17 +123,22 @@ def test_bigearthnet_nir_onto_red_recovered_within_1px(bigearthnet):
                          f"{before:.2f} px), model {bigearthnet['res'].report['model']['kind']}")
 
 
+def _ben_nir_on_red(shared_data, tmp_path, S: Affine):
+    """BigEarthNet S2 B04 (reference), B08 (aligned with it) and B08 misregistered by ``S``, with its truth."""
+    s2 = glob.glob(str(shared_data / f"bigearthnet_example/BigEarthNet-S2-Example/*_{BEN_PATCH}/*_B0[48].tif"))
+    if len(s2) != 2:
+        pytest.skip(f"BigEarthNet patch {BEN_PATCH} is not in this copy of the shared data")
+    ref, nir = sorted(s2)
+    tgt = str(tmp_path / "b08_misregistered.tif")
+    return ref, nir, tgt, misregister(nir, tgt, S)
+
+
 def test_scale_difference_is_not_fitted_as_a_shift(shared_data, tmp_path):
     """BigEarthNet S2 B08 onto B04 differing by scale only (4.5 %, no rotation, (5, -3) px): the model choice
     measures its errors in reference pixels but fits the points as they are, so a shift, which cannot
     follow the scale (2.7 px at the patch edges), loses to the affine. (Choosing on target coordinates
     divided by the scale let the shift win here: measured 2.1 px true RMSE; now 0.30 px.)"""
-    s2 = glob.glob(str(shared_data / f"bigearthnet_example/BigEarthNet-S2-Example/*_{BEN_PATCH}/*_B0[48].tif"))
-    if len(s2) != 2:
-        pytest.skip(f"BigEarthNet patch {BEN_PATCH} is not in this copy of the shared data")
-    ref, nir = sorted(s2)
-    tgt = str(tmp_path / "b08_scaled.tif")
-    truth = misregister(nir, tgt, similarity(120, 120, 0.0, 1.045, (5.0, -3.0)))
+    ref, _, tgt, truth = _ben_nir_on_red(shared_data, tmp_path, similarity(120, 120, 0.0, 1.045, (5.0, -3.0)))
     est = pipeline.estimate(ref, tgt, CoregConfig(seed=0))
     kind = est.report["model"]["kind"]
     after = grid_rmse(est.correction.model, truth, 120, 120, step=4)
@@ -145,12 +150,7 @@ def test_similarity_model_chosen_and_written_for_a_rotation_and_scale(shared_dat
     """BigEarthNet S2 B08 onto B04 rotated by 2.5 deg and scaled by 3 %: ``auto`` picks a model that holds both
     (a similarity or an affine), and ``--transform similarity`` fits one scale and no shear, is written to
     correction.json as such, read back and applied through GDAL like an affine."""
-    s2 = glob.glob(str(shared_data / f"bigearthnet_example/BigEarthNet-S2-Example/*_{BEN_PATCH}/*_B0[48].tif"))
-    if len(s2) != 2:
-        pytest.skip(f"BigEarthNet patch {BEN_PATCH} is not in this copy of the shared data")
-    ref, nir = sorted(s2)
-    tgt = str(tmp_path / "b08_rotated.tif")
-    truth = misregister(nir, tgt, similarity(120, 120, 2.5, 1.03, (4.0, -6.0)))
+    ref, nir, tgt, truth = _ben_nir_on_red(shared_data, tmp_path, similarity(120, 120, 2.5, 1.03, (4.0, -6.0)))
     auto = pipeline.estimate(ref, tgt, CoregConfig(seed=0))
     assert auto.report["model"]["kind"] in ("similarity", "affine"), auto.report["model"]["reason"]
     res = pipeline.coregister(ref, tgt, tmp_path / "out", CoregConfig(seed=0, transform="similarity"))
