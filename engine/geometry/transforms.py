@@ -156,9 +156,10 @@ class Affine(Transform):
 @dataclass(frozen=True)
 class Similarity(Affine):
     """Rotation, one scale and a shift (4 parameters): ``dst = s R(theta) src + t``, held as its affine matrix,
-    so that everything that warps an :class:`Affine` warps it. The model of a rigid misregistration between
-    two images of one ground (different orbits, platforms' attitude, a resampled grid); with few tie points
-    or tie points on a small part of the image it cannot tilt or shear the extrapolation as an affine can."""
+    so that everything that warps an :class:`Affine` warps it (QGIS's georeferencer calls it Helmert). It keeps
+    shapes: a shift, a rotation and a change of pixel size between two images of one ground. With few tie
+    points, or tie points on a small part of the image, it cannot tilt or shear the extrapolation as an affine
+    can."""
 
     kind: ClassVar[str] = "similarity"
     min_points: ClassVar[int] = 2
